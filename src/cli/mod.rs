@@ -1,0 +1,66 @@
+//! The `ddrm` command line (a thin layer over the library).
+
+mod data_cmd;
+pub mod table;
+
+use clap::{Parser, Subcommand};
+
+/// ddrm: denoising diffusion recommendation, from scratch.
+#[derive(Parser, Debug)]
+#[command(name = "ddrm", version, about, propagate_version = true)]
+pub struct Cli {
+    /// Worker threads (default: all cores). Results are deterministic for a seed and thread count.
+    #[arg(long, global = true)]
+    pub threads: Option<usize>,
+    /// Hide progress bars.
+    #[arg(long, short, global = true)]
+    pub quiet: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Import, inspect, export, corrupt with noise, or synthesize datasets.
+    #[command(subcommand)]
+    Data(data_cmd::DataCommand),
+}
+
+/// Parse arguments, run, and return the process exit code. Errors are printed as one clear
+/// message (with its causes) and give a non-zero exit.
+pub fn main() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { 2 } else { 0 };
+            let _ = e.print();
+            return code;
+        }
+    };
+    if let Some(t) = cli.threads {
+        if t == 0 {
+            eprintln!("error: --threads must be at least 1");
+            return 2;
+        }
+        if let Err(e) = rayon::ThreadPoolBuilder::new()
+            .num_threads(t)
+            .build_global()
+        {
+            eprintln!("error: cannot set up {t} threads: {e}");
+            return 1;
+        }
+    }
+    let res = match cli.command {
+        Command::Data(c) => data_cmd::run(c, cli.quiet),
+    };
+    match res {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("error: {e}");
+            for cause in e.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            1
+        }
+    }
+}

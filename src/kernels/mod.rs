@@ -1,0 +1,2 @@
+//! Compute kernels: CPU (SIMD + rayon) and, with the `cuda` feature, CUDA.
+pub mod cpu;

@@ -1,0 +1,14 @@
+//! # ddrm
+//!
+//! A from-scratch numerical engine for denoising recommendation with diffusion models
+//! (DDRM, SIGIR 2024): datasets, SIMD/CUDA kernels, hand-written gradients, backend
+//! recommenders, the diffusion plug-in, evaluation and a command line.
+//!
+//! Data flow: dataset ([`data`]) → sampler → model forward/backward ([`nn`], backends) →
+//! optimizer → evaluation → report ([`cli`]).
+#![warn(missing_docs)]
+
+pub mod cli;
+pub mod data;
+pub mod kernels;
+pub mod util;

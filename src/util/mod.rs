@@ -1,0 +1,4 @@
+//! Small shared utilities: randomness, atomic file writes, progress reporting.
+pub mod atomic;
+pub mod progress;
+pub mod rng;
