@@ -306,7 +306,10 @@ impl Dataset {
             let end = off
                 .checked_add(len)
                 .ok_or_else(|| anyhow!("section {k} overflows"))?;
-            if !(off as usize).is_multiple_of(ALIGN) || (off as usize) < prev_end || end > bytes.len() as u64 {
+            if !(off as usize).is_multiple_of(ALIGN)
+                || (off as usize) < prev_end
+                || end > bytes.len() as u64
+            {
                 bail!(
                     "section {k} (offset {off}, {len} bytes) lies outside the file or out of order: \
                      the file is truncated or corrupted"

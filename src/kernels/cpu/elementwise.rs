@@ -1,0 +1,252 @@
+//! Element-wise and vector kernels on `wide::f32x8` with scalar tails, plus numerically stable
+//! scalar functions. Large arrays are split over threads in fixed chunks (deterministic).
+
+use super::gemm::Act;
+use rayon::prelude::*;
+use wide::{f32x8, i32x8, CmpGt};
+
+const PAR_MIN: usize = 1 << 15;
+
+#[inline]
+fn load(x: &[f32]) -> f32x8 {
+    f32x8::from(<[f32; 8]>::try_from(&x[..8]).unwrap())
+}
+
+/// Vector exp (Cephes-style range reduction + degree-6 polynomial), relative error ~2 ulp;
+/// inputs are clamped to [-87.3, 88.3] (outputs stay finite and positive).
+#[inline]
+pub fn exp8(x: f32x8) -> f32x8 {
+    let x = x.max(f32x8::splat(-87.3)).min(f32x8::splat(88.3));
+    let n = (x * f32x8::splat(std::f32::consts::LOG2_E)).round();
+    let r = x - n * f32x8::splat(0.693_359_4) - n * f32x8::splat(-2.121_944_4e-4);
+    let mut p = f32x8::splat(1.987_569_1e-4);
+    p = p.mul_add(r, f32x8::splat(1.398_199_9e-3));
+    p = p.mul_add(r, f32x8::splat(8.333_452e-3));
+    p = p.mul_add(r, f32x8::splat(4.166_579_6e-2));
+    p = p.mul_add(r, f32x8::splat(1.666_666_5e-1));
+    p = p.mul_add(r, f32x8::splat(5.000_000_1e-1));
+    let y = p * r * r + r + f32x8::splat(1.0);
+    let ni: i32x8 = n.round_int();
+    let bits: i32x8 = (ni + i32x8::splat(127)) << 23;
+    y * bytemuck::cast::<i32x8, f32x8>(bits)
+}
+
+#[inline]
+fn sigmoid8(x: f32x8) -> f32x8 {
+    f32x8::splat(1.0) / (f32x8::splat(1.0) + exp8(-x))
+}
+
+#[inline]
+fn tanh8(x: f32x8) -> f32x8 {
+    f32x8::splat(1.0) - f32x8::splat(2.0) / (exp8(x + x) + f32x8::splat(1.0))
+}
+
+/// Scalar stable sigmoid.
+#[inline]
+pub fn sigmoid(x: f32) -> f32 {
+    if x >= 0.0 {
+        1.0 / (1.0 + (-x).exp())
+    } else {
+        let e = x.exp();
+        e / (1.0 + e)
+    }
+}
+
+/// Scalar stable softplus: log(1 + e^x).
+#[inline]
+pub fn softplus(x: f32) -> f32 {
+    x.max(0.0) + (-x.abs()).exp().ln_1p()
+}
+
+/// Scalar stable log-sigmoid: log σ(x) = -softplus(-x).
+#[inline]
+pub fn log_sigmoid(x: f32) -> f32 {
+    -softplus(-x)
+}
+
+fn map_inplace(x: &mut [f32], v: impl Fn(f32x8) -> f32x8 + Sync, s: impl Fn(f32) -> f32 + Sync) {
+    let run = |chunk: &mut [f32]| {
+        let mut it = chunk.chunks_exact_mut(8);
+        for c in &mut it {
+            let r = v(load(c)).to_array();
+            c.copy_from_slice(&r);
+        }
+        for e in it.into_remainder() {
+            *e = s(*e);
+        }
+    };
+    if x.len() >= PAR_MIN {
+        x.par_chunks_mut(PAR_MIN / 4).for_each(run);
+    } else {
+        run(x);
+    }
+}
+
+/// In-place exp.
+pub fn exp_inplace(x: &mut [f32]) {
+    map_inplace(x, exp8, |v| v.clamp(-87.3, 88.3).exp());
+}
+
+/// In-place sigmoid.
+pub fn sigmoid_inplace(x: &mut [f32]) {
+    map_inplace(x, sigmoid8, sigmoid);
+}
+
+/// In-place tanh.
+pub fn tanh_inplace(x: &mut [f32]) {
+    map_inplace(x, tanh8, f32::tanh);
+}
+
+/// In-place ReLU.
+pub fn relu_inplace(x: &mut [f32]) {
+    map_inplace(x, |v| v.max(f32x8::ZERO), |v| v.max(0.0));
+}
+
+/// Apply an activation in place.
+pub fn activate_inplace(x: &mut [f32], act: Act) {
+    match act {
+        Act::None => {}
+        Act::Relu => relu_inplace(x),
+        Act::Tanh => tanh_inplace(x),
+        Act::Sigmoid => sigmoid_inplace(x),
+    }
+}
+
+/// Backward of an activation given its *output* `y`: `g *= act'(pre)` expressed through y
+/// (relu: y > 0; tanh: 1 - y²; sigmoid: y (1 - y)).
+pub fn activation_backward(y: &[f32], g: &mut [f32], act: Act) {
+    assert_eq!(y.len(), g.len());
+    let one = f32x8::splat(1.0);
+    let f = |yv: f32x8, gv: f32x8| -> f32x8 {
+        match act {
+            Act::None => gv,
+            Act::Relu => gv & yv.cmp_gt(f32x8::ZERO),
+            Act::Tanh => gv * (one - yv * yv),
+            Act::Sigmoid => gv * yv * (one - yv),
+        }
+    };
+    let fs = |yv: f32, gv: f32| -> f32 {
+        match act {
+            Act::None => gv,
+            Act::Relu => {
+                if yv > 0.0 {
+                    gv
+                } else {
+                    0.0
+                }
+            }
+            Act::Tanh => gv * (1.0 - yv * yv),
+            Act::Sigmoid => gv * yv * (1.0 - yv),
+        }
+    };
+    let run = |(yc, gc): (&[f32], &mut [f32])| {
+        let n8 = yc.len() / 8 * 8;
+        for i in (0..n8).step_by(8) {
+            let r = f(load(&yc[i..]), load(&gc[i..])).to_array();
+            gc[i..i + 8].copy_from_slice(&r);
+        }
+        for i in n8..yc.len() {
+            gc[i] = fs(yc[i], gc[i]);
+        }
+    };
+    if act == Act::None {
+        return;
+    }
+    if y.len() >= PAR_MIN {
+        y.par_chunks(PAR_MIN / 4)
+            .zip(g.par_chunks_mut(PAR_MIN / 4))
+            .for_each(run);
+    } else {
+        run((y, g));
+    }
+}
+
+/// `y += a * x`.
+pub fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
+    assert_eq!(x.len(), y.len());
+    let av = f32x8::splat(a);
+    let n8 = x.len() / 8 * 8;
+    for i in (0..n8).step_by(8) {
+        let r = av.mul_add(load(&x[i..]), load(&y[i..])).to_array();
+        y[i..i + 8].copy_from_slice(&r);
+    }
+    for i in n8..x.len() {
+        y[i] += a * x[i];
+    }
+}
+
+/// `x *= a`.
+pub fn scale(a: f32, x: &mut [f32]) {
+    map_inplace(x, |v| v * f32x8::splat(a), |v| v * a);
+}
+
+/// Dot product (8 lanes, then a fixed-order horizontal sum: deterministic).
+pub fn dot(x: &[f32], y: &[f32]) -> f32 {
+    assert_eq!(x.len(), y.len());
+    let n8 = x.len() / 8 * 8;
+    let mut acc = f32x8::ZERO;
+    for i in (0..n8).step_by(8) {
+        acc = load(&x[i..]).mul_add(load(&y[i..]), acc);
+    }
+    let mut s = acc.reduce_add();
+    for i in n8..x.len() {
+        s += x[i] * y[i];
+    }
+    s
+}
+
+/// Row-wise dot products of two row-major `rows x d` matrices.
+pub fn row_dots(x: &[f32], y: &[f32], d: usize, out: &mut [f32]) {
+    assert_eq!(x.len(), y.len());
+    assert_eq!(x.len(), out.len() * d);
+    if d == 0 {
+        out.fill(0.0);
+        return;
+    }
+    out.par_iter_mut()
+        .with_min_len(256)
+        .enumerate()
+        .for_each(|(r, o)| *o = dot(&x[r * d..(r + 1) * d], &y[r * d..(r + 1) * d]));
+}
+
+/// Sum of all elements (f64 accumulation, fixed order).
+pub fn sum(x: &[f32]) -> f64 {
+    x.iter().map(|&v| v as f64).sum()
+}
+
+/// Column sums of a row-major `rows x cols` matrix into `out` (overwritten).
+pub fn col_sums(x: &[f32], cols: usize, out: &mut [f32]) {
+    assert_eq!(out.len(), cols);
+    out.fill(0.0);
+    if cols == 0 {
+        return;
+    }
+    for row in x.chunks_exact(cols) {
+        axpy(1.0, row, out);
+    }
+}
+
+/// Gather rows: `out[r] = table[ids[r]]` (rows of width d).
+pub fn gather_rows(table: &[f32], d: usize, ids: &[u32], out: &mut [f32]) {
+    assert_eq!(out.len(), ids.len() * d);
+    if d == 0 {
+        return;
+    }
+    out.par_chunks_mut(d)
+        .with_min_len(64)
+        .zip(ids.par_iter())
+        .for_each(|(o, &id)| {
+            let s = id as usize * d;
+            o.copy_from_slice(&table[s..s + d]);
+        });
+}
+
+/// Scatter-add rows: `table[ids[r]] += src[r]` (the gradient of [`gather_rows`]); repeated
+/// ids accumulate in the order given (deterministic).
+pub fn scatter_add_rows(table: &mut [f32], d: usize, ids: &[u32], src: &[f32]) {
+    assert_eq!(src.len(), ids.len() * d);
+    for (r, &id) in ids.iter().enumerate() {
+        let s = id as usize * d;
+        axpy(1.0, &src[r * d..(r + 1) * d], &mut table[s..s + d]);
+    }
+}

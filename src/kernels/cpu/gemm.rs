@@ -1,0 +1,443 @@
+//! Packed, register-blocked SIMD GEMM (f32, row-major), in the style of `matrixmultiply`:
+//! panels of A (MR rows) and B (NR columns) are packed into contiguous buffers per KC-deep
+//! block, and a 6 x 16 micro-kernel accumulates in registers. Two micro-kernels: AVX2+FMA
+//! (chosen at run time with `is_x86_feature_detected!`) and a portable one on `wide::f32x8`.
+//!
+//! `C = alpha * op(A) * op(B) + beta * C`, then an optional fused epilogue
+//! (`+ bias` per column, then an activation) applied while the block of C is in cache.
+//! Each element of C is computed by exactly one task in a fixed order of K blocks, so results
+//! are bit-identical whatever the thread count.
+
+use super::isa::Isa;
+use rayon::prelude::*;
+
+/// Rows of the micro-kernel tile.
+pub const MR: usize = 6;
+/// Columns of the micro-kernel tile.
+pub const NR: usize = 16;
+const KC: usize = 256;
+const MC: usize = 72;
+const NC: usize = 2048;
+
+/// Element-wise activation applied in a GEMM epilogue or by the nn blocks.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Act {
+    /// Identity.
+    None,
+    /// max(x, 0).
+    Relu,
+    /// tanh(x).
+    Tanh,
+    /// 1 / (1 + e^-x).
+    Sigmoid,
+}
+
+/// Operations fused after the product: add `bias[j]` to column j, then apply `act`.
+#[derive(Clone, Copy, Debug)]
+pub struct Epilogue<'a> {
+    /// Per-column bias (length n), or none.
+    pub bias: Option<&'a [f32]>,
+    /// Activation.
+    pub act: Act,
+}
+
+impl Epilogue<'_> {
+    /// No bias, no activation.
+    pub const NONE: Epilogue<'static> = Epilogue {
+        bias: None,
+        act: Act::None,
+    };
+    fn is_none(&self) -> bool {
+        self.bias.is_none() && self.act == Act::None
+    }
+}
+
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+
+/// `C (m x n) = alpha * op(A) * op(B) + beta * C` with `op(A)` m x k and `op(B)` k x n.
+/// `ta`: A is stored k x m (use its transpose); `tb`: B is stored n x k. All contiguous
+/// row-major. When `beta == 0`, C is not read (it may hold NaN).
+#[allow(clippy::too_many_arguments)]
+pub fn gemm(
+    ta: bool,
+    tb: bool,
+    m: usize,
+    n: usize,
+    k: usize,
+    alpha: f32,
+    a: &[f32],
+    b: &[f32],
+    beta: f32,
+    c: &mut [f32],
+) {
+    gemm_ex(
+        Isa::detect(),
+        ta,
+        tb,
+        m,
+        n,
+        k,
+        alpha,
+        a,
+        b,
+        beta,
+        c,
+        Epilogue::NONE,
+    )
+}
+
+/// [`gemm`] with an explicit instruction set and a fused epilogue.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_ex(
+    isa: Isa,
+    ta: bool,
+    tb: bool,
+    m: usize,
+    n: usize,
+    k: usize,
+    alpha: f32,
+    a: &[f32],
+    b: &[f32],
+    beta: f32,
+    c: &mut [f32],
+    epi: Epilogue,
+) {
+    assert!(
+        a.len() >= m * k,
+        "gemm: A has {} elements, needs {}",
+        a.len(),
+        m * k
+    );
+    assert!(
+        b.len() >= k * n,
+        "gemm: B has {} elements, needs {}",
+        b.len(),
+        k * n
+    );
+    assert!(
+        c.len() >= m * n,
+        "gemm: C has {} elements, needs {}",
+        c.len(),
+        m * n
+    );
+    if let Some(bias) = epi.bias {
+        assert!(
+            bias.len() >= n,
+            "gemm: bias has {} elements, needs {n}",
+            bias.len()
+        );
+    }
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        c[..m * n].par_chunks_mut(n).for_each(|row| {
+            for v in row.iter_mut() {
+                *v = if beta == 0.0 { 0.0 } else { *v * beta };
+            }
+            apply_epilogue(row, epi);
+        });
+        return;
+    }
+    let threads = rayon::current_num_threads().max(1);
+    let m_panels = m.div_ceil(MR);
+    let mut ap = vec![0f32; m_panels * MR * KC.min(k)];
+    let mut bp = vec![0f32; NC.min(n).div_ceil(NR) * NR * KC.min(k)];
+    let cptr = SendPtr(c.as_mut_ptr());
+    for jc in (0..n).step_by(NC) {
+        let nc = NC.min(n - jc);
+        let n_panels = nc.div_ceil(NR);
+        for pc in (0..k).step_by(KC) {
+            let kc = KC.min(k - pc);
+            // pack A (all rows, this K block) and B (this N block, this K block)
+            ap[..m_panels * MR * kc]
+                .par_chunks_mut(MR * kc)
+                .enumerate()
+                .for_each(|(ip, dst)| pack_a(a, ta, m, k, ip * MR, pc, kc, dst));
+            bp[..n_panels * NR * kc]
+                .par_chunks_mut(NR * kc)
+                .enumerate()
+                .for_each(|(jp, dst)| pack_b(b, tb, n, k, jc + jp * NR, jc + nc, pc, kc, dst));
+            let beta_eff = if pc == 0 { beta } else { 1.0 };
+            let last = pc + kc == k;
+            let m_blocks = m.div_ceil(MC);
+            let n_chunks = (4 * threads).div_ceil(m_blocks).clamp(1, n_panels);
+            let panels_per_chunk = n_panels.div_ceil(n_chunks);
+            let n_chunks = n_panels.div_ceil(panels_per_chunk);
+            let (ap, bp) = (&ap, &bp);
+            (0..m_blocks * n_chunks).into_par_iter().for_each(|task| {
+                let (mb, nb) = (task / n_chunks, task % n_chunks);
+                let i0 = mb * MC;
+                let i1 = (i0 + MC).min(m);
+                let jp0 = nb * panels_per_chunk;
+                let jp1 = (jp0 + panels_per_chunk).min(n_panels);
+                let cptr = cptr;
+                for ip in (i0 / MR)..i1.div_ceil(MR) {
+                    let rows = MR.min(m - ip * MR);
+                    let a_panel = &ap[ip * MR * kc..(ip + 1) * MR * kc];
+                    for jp in jp0..jp1 {
+                        let col = jc + jp * NR;
+                        let cols = NR.min(jc + nc - col);
+                        let b_panel = &bp[jp * NR * kc..(jp + 1) * NR * kc];
+                        // SAFETY: each task owns a disjoint (rows, cols) region of C.
+                        unsafe {
+                            let cp = cptr.0.add(ip * MR * n + col);
+                            micro_kernel(
+                                isa, kc, a_panel, b_panel, cp, n, rows, cols, alpha, beta_eff,
+                            );
+                        }
+                    }
+                }
+                if last && !epi.is_none() {
+                    let c0 = jc + jp0 * NR;
+                    let c1 = (jc + jp1 * NR).min(jc + nc);
+                    for i in i0..i1 {
+                        // SAFETY: same disjoint region as above.
+                        let row = unsafe {
+                            std::slice::from_raw_parts_mut(cptr.0.add(i * n + c0), c1 - c0)
+                        };
+                        let bias = epi.bias.map(|b| &b[c0..c1]);
+                        apply_epilogue(row, Epilogue { bias, act: epi.act });
+                    }
+                }
+            });
+        }
+    }
+}
+
+fn apply_epilogue(row: &mut [f32], epi: Epilogue) {
+    if let Some(b) = epi.bias {
+        for (v, &bb) in row.iter_mut().zip(b) {
+            *v += bb;
+        }
+    }
+    super::elementwise::activate_inplace(row, epi.act);
+}
+
+#[allow(clippy::too_many_arguments)]
+fn pack_a(
+    a: &[f32],
+    ta: bool,
+    m: usize,
+    k: usize,
+    i0: usize,
+    p0: usize,
+    kc: usize,
+    dst: &mut [f32],
+) {
+    let rows = MR.min(m - i0);
+    for p in 0..kc {
+        let d = &mut dst[p * MR..(p + 1) * MR];
+        for r in 0..MR {
+            d[r] = if r < rows {
+                let (i, pp) = (i0 + r, p0 + p);
+                if ta {
+                    a[pp * m + i]
+                } else {
+                    a[i * k + pp]
+                }
+            } else {
+                0.0
+            };
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn pack_b(
+    b: &[f32],
+    tb: bool,
+    n: usize,
+    k: usize,
+    j0: usize,
+    j_end: usize,
+    p0: usize,
+    kc: usize,
+    dst: &mut [f32],
+) {
+    let cols = NR.min(j_end - j0);
+    if !tb && cols == NR {
+        for p in 0..kc {
+            let src = &b[(p0 + p) * n + j0..(p0 + p) * n + j0 + NR];
+            dst[p * NR..(p + 1) * NR].copy_from_slice(src);
+        }
+        return;
+    }
+    for p in 0..kc {
+        let d = &mut dst[p * NR..(p + 1) * NR];
+        for (cc, dv) in d.iter_mut().enumerate() {
+            *dv = if cc < cols {
+                let (j, pp) = (j0 + cc, p0 + p);
+                if tb {
+                    b[j * k + pp]
+                } else {
+                    b[pp * n + j]
+                }
+            } else {
+                0.0
+            };
+        }
+    }
+}
+
+/// One MR x NR tile: `C[rows x cols] = alpha * Apanel * Bpanel + beta * C` (C not read when
+/// beta == 0). Panels are packed as produced by the packing routines (zero-padded).
+///
+/// # Safety
+/// `c` must be valid for `rows` rows of `cols` elements with row stride `ldc`.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+pub unsafe fn micro_kernel(
+    isa: Isa,
+    kc: usize,
+    a: &[f32],
+    b: &[f32],
+    c: *mut f32,
+    ldc: usize,
+    rows: usize,
+    cols: usize,
+    alpha: f32,
+    beta: f32,
+) {
+    debug_assert!(a.len() >= kc * MR && b.len() >= kc * NR);
+    let mut tile = [0f32; MR * NR];
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2Fma => avx2::kernel(kc, a.as_ptr(), b.as_ptr(), &mut tile),
+        _ => portable_kernel(kc, a, b, &mut tile),
+    }
+    for i in 0..rows {
+        let cr = c.add(i * ldc);
+        let t = &tile[i * NR..i * NR + cols];
+        if beta == 0.0 {
+            for (j, &v) in t.iter().enumerate() {
+                *cr.add(j) = alpha * v;
+            }
+        } else {
+            for (j, &v) in t.iter().enumerate() {
+                *cr.add(j) = alpha * v + beta * *cr.add(j);
+            }
+        }
+    }
+}
+
+/// Portable micro-kernel on `wide::f32x8`.
+fn portable_kernel(kc: usize, a: &[f32], b: &[f32], tile: &mut [f32; MR * NR]) {
+    use wide::f32x8;
+    let mut acc = [[f32x8::ZERO; 2]; MR];
+    for p in 0..kc {
+        let bp = &b[p * NR..p * NR + NR];
+        let b0 = f32x8::from(<[f32; 8]>::try_from(&bp[..8]).unwrap());
+        let b1 = f32x8::from(<[f32; 8]>::try_from(&bp[8..]).unwrap());
+        let ap = &a[p * MR..p * MR + MR];
+        for i in 0..MR {
+            let ai = f32x8::splat(ap[i]);
+            acc[i][0] = ai.mul_add(b0, acc[i][0]);
+            acc[i][1] = ai.mul_add(b1, acc[i][1]);
+        }
+    }
+    for i in 0..MR {
+        tile[i * NR..i * NR + 8].copy_from_slice(&acc[i][0].to_array());
+        tile[i * NR + 8..i * NR + 16].copy_from_slice(&acc[i][1].to_array());
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::{MR, NR};
+    use std::arch::x86_64::*;
+
+    /// AVX2 + FMA 6 x 16 micro-kernel: 12 accumulators, 2 B vectors, 1 broadcast.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn kernel(kc: usize, a: *const f32, b: *const f32, tile: &mut [f32; MR * NR]) {
+        let mut c00 = _mm256_setzero_ps();
+        let mut c01 = _mm256_setzero_ps();
+        let mut c10 = _mm256_setzero_ps();
+        let mut c11 = _mm256_setzero_ps();
+        let mut c20 = _mm256_setzero_ps();
+        let mut c21 = _mm256_setzero_ps();
+        let mut c30 = _mm256_setzero_ps();
+        let mut c31 = _mm256_setzero_ps();
+        let mut c40 = _mm256_setzero_ps();
+        let mut c41 = _mm256_setzero_ps();
+        let mut c50 = _mm256_setzero_ps();
+        let mut c51 = _mm256_setzero_ps();
+        let mut ap = a;
+        let mut bp = b;
+        for _ in 0..kc {
+            let b0 = _mm256_loadu_ps(bp);
+            let b1 = _mm256_loadu_ps(bp.add(8));
+            let a0 = _mm256_broadcast_ss(&*ap);
+            c00 = _mm256_fmadd_ps(a0, b0, c00);
+            c01 = _mm256_fmadd_ps(a0, b1, c01);
+            let a1 = _mm256_broadcast_ss(&*ap.add(1));
+            c10 = _mm256_fmadd_ps(a1, b0, c10);
+            c11 = _mm256_fmadd_ps(a1, b1, c11);
+            let a2 = _mm256_broadcast_ss(&*ap.add(2));
+            c20 = _mm256_fmadd_ps(a2, b0, c20);
+            c21 = _mm256_fmadd_ps(a2, b1, c21);
+            let a3 = _mm256_broadcast_ss(&*ap.add(3));
+            c30 = _mm256_fmadd_ps(a3, b0, c30);
+            c31 = _mm256_fmadd_ps(a3, b1, c31);
+            let a4 = _mm256_broadcast_ss(&*ap.add(4));
+            c40 = _mm256_fmadd_ps(a4, b0, c40);
+            c41 = _mm256_fmadd_ps(a4, b1, c41);
+            let a5 = _mm256_broadcast_ss(&*ap.add(5));
+            c50 = _mm256_fmadd_ps(a5, b0, c50);
+            c51 = _mm256_fmadd_ps(a5, b1, c51);
+            ap = ap.add(MR);
+            bp = bp.add(NR);
+        }
+        let t = tile.as_mut_ptr();
+        _mm256_storeu_ps(t, c00);
+        _mm256_storeu_ps(t.add(8), c01);
+        _mm256_storeu_ps(t.add(16), c10);
+        _mm256_storeu_ps(t.add(24), c11);
+        _mm256_storeu_ps(t.add(32), c20);
+        _mm256_storeu_ps(t.add(40), c21);
+        _mm256_storeu_ps(t.add(48), c30);
+        _mm256_storeu_ps(t.add(56), c31);
+        _mm256_storeu_ps(t.add(64), c40);
+        _mm256_storeu_ps(t.add(72), c41);
+        _mm256_storeu_ps(t.add(80), c50);
+        _mm256_storeu_ps(t.add(88), c51);
+    }
+}
+
+/// Plain triple-loop reference (f64 accumulation), for tests.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_reference(
+    ta: bool,
+    tb: bool,
+    m: usize,
+    n: usize,
+    k: usize,
+    alpha: f32,
+    a: &[f32],
+    b: &[f32],
+    beta: f32,
+    c: &mut [f32],
+) {
+    for i in 0..m {
+        for j in 0..n {
+            let mut s = 0f64;
+            for p in 0..k {
+                let av = if ta { a[p * m + i] } else { a[i * k + p] };
+                let bv = if tb { b[j * k + p] } else { b[p * n + j] };
+                s += av as f64 * bv as f64;
+            }
+            let old = if beta == 0.0 {
+                0.0
+            } else {
+                beta as f64 * c[i * n + j] as f64
+            };
+            c[i * n + j] = (alpha as f64 * s + old) as f32;
+        }
+    }
+}

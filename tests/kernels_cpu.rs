@@ -1,0 +1,181 @@
+//! Every CPU kernel against a plain scalar reference, on random shapes (including empty,
+//! one-element, and sizes that are not multiples of the vector width or tile).
+
+use ddrm::data::{Csr, DuplicatePolicy};
+use ddrm::kernels::cpu::elementwise as ew;
+use ddrm::kernels::cpu::gemm::{gemm_ex, gemm_reference, Act, Epilogue};
+use ddrm::kernels::cpu::spmm::{spmm, spmm_reference, SparseMatrix};
+use ddrm::kernels::cpu::topk::{fused_topk, topk_reference, PackedItems};
+use ddrm::kernels::cpu::Isa;
+use proptest::prelude::*;
+
+fn vecf(n: usize, scale: f32) -> impl Strategy<Value = Vec<f32>> {
+    prop::collection::vec(-scale..scale, n)
+}
+
+fn close(a: f32, b: f64, abs: f64, rel: f64) -> bool {
+    ((a as f64) - b).abs() <= abs + rel * b.abs()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, .. ProptestConfig::default() })]
+
+    #[test]
+    fn gemm_matches_reference_in_all_transposition_forms(
+        m in 0usize..40, n in 0usize..70, k in 0usize..300, ta: bool, tb: bool,
+        beta in prop::sample::select(vec![0.0f32, 1.0, -0.5]), seed in 0u64..1000
+    ) {
+        let mut r = ddrm::util::rng::Rng::new(seed);
+        let mut rv = |len: usize| (0..len).map(|_| r.uniform_f32() * 2.0 - 1.0).collect::<Vec<f32>>();
+        let a = rv(m * k);
+        let b = rv(k * n);
+        let c0 = rv(m * n);
+        let mut want = c0.clone();
+        gemm_reference(ta, tb, m, n, k, 0.7, &a, &b, beta, &mut want);
+        for isa in Isa::available() {
+            let mut c = c0.clone();
+            gemm_ex(isa, ta, tb, m, n, k, 0.7, &a, &b, beta, &mut c, Epilogue::NONE);
+            for (x, y) in c.iter().zip(&want) {
+                prop_assert!(close(*x, *y as f64, 1e-4, 1e-4), "{:?} m{} n{} k{}: {} vs {}", isa, m, n, k, x, y);
+            }
+        }
+    }
+
+    #[test]
+    fn gemm_epilogue_adds_bias_then_activates(
+        m in 1usize..20, n in 1usize..40, k in 1usize..30, seed in 0u64..1000,
+        act in prop::sample::select(vec![Act::None, Act::Relu, Act::Tanh, Act::Sigmoid])
+    ) {
+        let mut r = ddrm::util::rng::Rng::new(seed);
+        let mut rv = |len: usize| (0..len).map(|_| r.uniform_f32() * 4.0 - 2.0).collect::<Vec<f32>>();
+        let (a, b, bias) = (rv(m * k), rv(k * n), rv(n));
+        let mut want = vec![0f32; m * n];
+        gemm_reference(false, false, m, n, k, 1.0, &a, &b, 0.0, &mut want);
+        for i in 0..m { for j in 0..n {
+            let x = want[i * n + j] as f64 + bias[j] as f64;
+            want[i * n + j] = match act {
+                Act::None => x, Act::Relu => x.max(0.0), Act::Tanh => x.tanh(),
+                Act::Sigmoid => 1.0 / (1.0 + (-x).exp()),
+            } as f32;
+        }}
+        for isa in Isa::available() {
+            let mut c = vec![f32::NAN; m * n]; // beta = 0 must not read C
+            gemm_ex(isa, false, false, m, n, k, 1.0, &a, &b, 0.0, &mut c, Epilogue { bias: Some(&bias), act });
+            for (x, y) in c.iter().zip(&want) {
+                prop_assert!(close(*x, *y as f64, 1e-5, 1e-4), "{:?} {:?}: {} vs {}", isa, act, x, y);
+            }
+        }
+    }
+
+    #[test]
+    fn elementwise_functions_match_scalar_references(x in prop::collection::vec(prop_oneof![-10f32..10.0, -200f32..200.0, -1e-3f32..1e-3], 0..100)) {
+        let mut e = x.clone(); ew::exp_inplace(&mut e);
+        let mut s = x.clone(); ew::sigmoid_inplace(&mut s);
+        let mut t = x.clone(); ew::tanh_inplace(&mut t);
+        let mut r = x.clone(); ew::relu_inplace(&mut r);
+        for (k, &v) in x.iter().enumerate() {
+            let v64 = v as f64;
+            let ex = (v.clamp(-87.3f32, 88.3f32) as f64).exp();
+            prop_assert!(close(e[k], ex, 1e-37, 3e-7), "exp({}) = {} vs {}", v, e[k], ex);
+            let sg = 1.0 / (1.0 + (-v64).exp());
+            prop_assert!(close(s[k], sg, 1e-7, 1e-6), "sigmoid({}) = {} vs {}", v, s[k], sg);
+            prop_assert!(close(t[k], v64.tanh(), 2e-7, 1e-6), "tanh({}) = {} vs {}", v, t[k], v64.tanh());
+            prop_assert_eq!(r[k], v.max(0.0));
+            let sp = (1.0 + v64.exp()).ln();
+            prop_assert!(close(ew::softplus(v), sp, 1e-6, 1e-6), "softplus({})", v);
+            prop_assert!(close(ew::log_sigmoid(v), -(1.0 + (-v64).exp()).ln(), 1e-6, 1e-6), "log_sigmoid({})", v);
+            prop_assert!(close(ew::sigmoid(v), sg, 1e-7, 1e-6));
+        }
+    }
+
+    #[test]
+    fn activation_backward_matches_scalar(y in vecf(37, 1.0), g in vecf(37, 3.0),
+        act in prop::sample::select(vec![Act::None, Act::Relu, Act::Tanh, Act::Sigmoid])) {
+        let mut got = g.clone();
+        ew::activation_backward(&y, &mut got, act);
+        for k in 0..y.len() {
+            let want = match act {
+                Act::None => g[k], Act::Relu => if y[k] > 0.0 { g[k] } else { 0.0 },
+                Act::Tanh => g[k] * (1.0 - y[k] * y[k]), Act::Sigmoid => g[k] * y[k] * (1.0 - y[k]),
+            };
+            prop_assert!(close(got[k], want as f64, 1e-6, 1e-6));
+        }
+    }
+
+    #[test]
+    fn vector_kernels_match_scalar(n in 0usize..70, d in 0usize..20, seed in 0u64..100) {
+        let mut r = ddrm::util::rng::Rng::new(seed);
+        let mut rv = |len: usize| (0..len).map(|_| r.uniform_f32() * 2.0 - 1.0).collect::<Vec<f32>>();
+        let (x, y0) = (rv(n), rv(n));
+        let mut y = y0.clone();
+        ew::axpy(0.3, &x, &mut y);
+        for k in 0..n { prop_assert!(close(y[k], y0[k] as f64 + 0.3 * x[k] as f64, 1e-6, 1e-6)); }
+        let dref: f64 = x.iter().zip(&y0).map(|(a, b)| *a as f64 * *b as f64).sum();
+        prop_assert!(close(ew::dot(&x, &y0), dref, 1e-5, 1e-5));
+        let rows = 5;
+        let (a, b) = (rv(rows * d), rv(rows * d));
+        let mut out = vec![0f32; rows];
+        ew::row_dots(&a, &b, d, &mut out);
+        for q in 0..rows {
+            let w: f64 = (0..d).map(|p| a[q * d + p] as f64 * b[q * d + p] as f64).sum();
+            prop_assert!(close(out[q], w, 1e-5, 1e-5));
+        }
+        let table = rv(7 * d);
+        let ids: Vec<u32> = (0..n as u32).map(|i| (i * 3) % 7).collect();
+        let mut g = vec![0f32; n * d];
+        ew::gather_rows(&table, d, &ids, &mut g);
+        for (q, &id) in ids.iter().enumerate() {
+            prop_assert_eq!(&g[q * d..(q + 1) * d], &table[id as usize * d..(id as usize + 1) * d]);
+        }
+        let mut acc = vec![0f32; 7 * d];
+        ew::scatter_add_rows(&mut acc, d, &ids, &g);
+        for row in 0..7 {
+            let cnt = ids.iter().filter(|&&i| i as usize == row).count() as f64;
+            for p in 0..d {
+                prop_assert!(close(acc[row * d + p], cnt * table[row * d + p] as f64, 1e-5, 1e-5));
+            }
+        }
+    }
+
+    #[test]
+    fn spmm_matches_reference(nr in 0usize..80, nc in 1usize..60, d in prop::sample::select(vec![0usize, 1, 7, 8, 13, 64, 67, 130]), seed in 0u64..1000) {
+        let mut r = ddrm::util::rng::Rng::new(seed);
+        let mut pairs = Vec::new();
+        for i in 0..nr { for _ in 0..r.index(6) { pairs.push((i as u32, r.index(nc) as u32)); } }
+        let (c, _) = Csr::from_pairs(nr, nc, &pairs, DuplicatePolicy::Drop).unwrap();
+        let a = SparseMatrix { n_rows: nr, n_cols: nc, values: (0..c.nnz()).map(|_| r.uniform_f32()).collect(), indptr: c.indptr, indices: c.indices };
+        let x: Vec<f32> = (0..nc * d).map(|_| r.uniform_f32() - 0.5).collect();
+        let mut got = vec![0f32; nr * d];
+        let mut want = vec![0f32; nr * d];
+        spmm(&a, &x, d, &mut got);
+        spmm_reference(&a, &x, d, &mut want);
+        for (g, w) in got.iter().zip(&want) { prop_assert!(close(*g, *w as f64, 1e-5, 1e-5)); }
+    }
+
+    /// Fused top-K equals score-all-then-sort, ties broken by lower item id, masks applied.
+    #[test]
+    fn fused_topk_matches_sort_reference(nq in 0usize..100, ni in 1usize..1200, d in prop::sample::select(vec![1usize, 3, 16, 64]),
+        k in 1usize..30, ties: bool, seed in 0u64..1000) {
+        let mut r = ddrm::util::rng::Rng::new(seed);
+        // integer-valued embeddings create many exact ties
+        let mut rv = |len: usize| (0..len).map(|_| if ties { (r.index(3) as f32) - 1.0 } else { r.uniform_f32() - 0.5 }).collect::<Vec<f32>>();
+        let q = rv(nq * d);
+        let it = rv(ni * d);
+        let mut pairs = Vec::new();
+        let mut pairs2 = Vec::new();
+        for u in 0..nq { for _ in 0..r.index(20) { pairs.push((u as u32, r.index(ni) as u32)); pairs2.push((u as u32, r.index(ni) as u32)); } }
+        let m1 = Csr::from_pairs(nq, ni, &pairs, DuplicatePolicy::Drop).unwrap().0;
+        let m2 = Csr::from_pairs(nq, ni, &pairs2, DuplicatePolicy::Drop).unwrap().0;
+        let rows: Vec<u32> = (0..nq as u32).collect();
+        let masks = [m1.view(), m2.view()];
+        let want = topk_reference(&q, &it, d, k, &masks, &rows);
+        let packed = PackedItems::new(&it, ni, d);
+        for isa in Isa::available() {
+            let (got, _) = fused_topk(isa, &q, &packed, k, &masks, &rows);
+            for u in 0..nq {
+                let g: Vec<u32> = got[u * k..(u + 1) * k].iter().copied().filter(|&x| x != u32::MAX).collect();
+                prop_assert_eq!(&g, &want[u], "user {} ({:?})", u, isa);
+            }
+        }
+    }
+}
