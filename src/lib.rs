@@ -7,8 +7,11 @@
 //! Data flow: dataset ([`data`]) → sampler → model forward/backward ([`nn`], backends) →
 //! optimizer → evaluation → report ([`cli`]).
 #![warn(missing_docs)]
+// Numerical kernels index several parallel arrays by one loop variable; ranges read clearer.
+#![allow(clippy::needless_range_loop)]
 
 pub mod cli;
 pub mod data;
 pub mod kernels;
+pub mod nn;
 pub mod util;

@@ -24,7 +24,7 @@ pub fn exp8(x: f32x8) -> f32x8 {
     p = p.mul_add(r, f32x8::splat(8.333_452e-3));
     p = p.mul_add(r, f32x8::splat(4.166_579_6e-2));
     p = p.mul_add(r, f32x8::splat(1.666_666_5e-1));
-    p = p.mul_add(r, f32x8::splat(5.000_000_1e-1));
+    p = p.mul_add(r, f32x8::splat(0.5));
     let y = p * r * r + r + f32x8::splat(1.0);
     let ni: i32x8 = n.round_int();
     let bits: i32x8 = (ni + i32x8::splat(127)) << 23;

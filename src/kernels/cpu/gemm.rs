@@ -59,6 +59,12 @@ impl Epilogue<'_> {
 struct SendPtr(*mut f32);
 unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
+impl SendPtr {
+    #[inline]
+    fn get(&self) -> *mut f32 {
+        self.0
+    }
+}
 
 /// `C (m x n) = alpha * op(A) * op(B) + beta * C` with `op(A)` m x k and `op(B)` k x n.
 /// `ta`: A is stored k x m (use its transpose); `tb`: B is stored n x k. All contiguous
@@ -177,7 +183,6 @@ pub fn gemm_ex(
                 let i1 = (i0 + MC).min(m);
                 let jp0 = nb * panels_per_chunk;
                 let jp1 = (jp0 + panels_per_chunk).min(n_panels);
-                let cptr = cptr;
                 for ip in (i0 / MR)..i1.div_ceil(MR) {
                     let rows = MR.min(m - ip * MR);
                     let a_panel = &ap[ip * MR * kc..(ip + 1) * MR * kc];
@@ -187,7 +192,7 @@ pub fn gemm_ex(
                         let b_panel = &bp[jp * NR * kc..(jp + 1) * NR * kc];
                         // SAFETY: each task owns a disjoint (rows, cols) region of C.
                         unsafe {
-                            let cp = cptr.0.add(ip * MR * n + col);
+                            let cp = cptr.get().add(ip * MR * n + col);
                             micro_kernel(
                                 isa, kc, a_panel, b_panel, cp, n, rows, cols, alpha, beta_eff,
                             );
@@ -200,7 +205,7 @@ pub fn gemm_ex(
                     for i in i0..i1 {
                         // SAFETY: same disjoint region as above.
                         let row = unsafe {
-                            std::slice::from_raw_parts_mut(cptr.0.add(i * n + c0), c1 - c0)
+                            std::slice::from_raw_parts_mut(cptr.get().add(i * n + c0), c1 - c0)
                         };
                         let bias = epi.bias.map(|b| &b[c0..c1]);
                         apply_epilogue(row, Epilogue { bias, act: epi.act });

@@ -233,7 +233,7 @@ pub fn topk_reference(
     masks: &[CsrView],
     rows: &[u32],
 ) -> Vec<Vec<u32>> {
-    let ni = if d == 0 { 0 } else { items.len() / d };
+    let ni = items.len().checked_div(d).unwrap_or(0);
     rows.iter()
         .enumerate()
         .map(|(q, &u)| {

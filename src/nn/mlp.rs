@@ -1,0 +1,122 @@
+//! Multi-layer perceptron: Linear layers with an activation between them (none after the last).
+
+use super::linear::{Linear, LinearGrad};
+use crate::kernels::cpu::Act;
+use crate::util::rng::Rng;
+
+/// An MLP `dims[0] → dims[1] → … → dims[L]`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Mlp {
+    /// Layers.
+    pub layers: Vec<Linear>,
+    /// Activation between layers.
+    pub act: Act,
+}
+
+/// Per-layer outputs kept from the forward pass for the backward.
+#[derive(Default, Debug)]
+pub struct MlpCache {
+    /// Output of each layer (post-activation), `n x dims[l+1]`.
+    pub outs: Vec<Vec<f32>>,
+    grad_a: Vec<f32>,
+    grad_b: Vec<f32>,
+}
+
+impl Mlp {
+    /// Xavier-normal initialized MLP.
+    pub fn new(dims: &[usize], act: Act, bias_std: f32, rng: &mut Rng) -> Self {
+        assert!(
+            dims.len() >= 2,
+            "an MLP needs at least an input and an output width"
+        );
+        let layers = dims
+            .windows(2)
+            .map(|w| Linear::xavier_normal(w[0], w[1], bias_std, rng))
+            .collect();
+        Mlp { layers, act }
+    }
+
+    /// Input width.
+    pub fn din(&self) -> usize {
+        self.layers[0].din
+    }
+    /// Output width.
+    pub fn dout(&self) -> usize {
+        self.layers.last().unwrap().dout
+    }
+
+    fn act_of(&self, l: usize) -> Act {
+        if l + 1 == self.layers.len() {
+            Act::None
+        } else {
+            self.act
+        }
+    }
+
+    /// Multiply-accumulates per sample (for FLOP accounting).
+    pub fn macs(&self) -> usize {
+        self.layers.iter().map(|l| l.din * l.dout).sum()
+    }
+
+    /// Zeroed gradients.
+    pub fn zero_grad(&self) -> Vec<LinearGrad> {
+        self.layers.iter().map(Linear::zero_grad).collect()
+    }
+
+    /// Forward a batch of `n` rows; the output is `cache.outs.last()`.
+    pub fn forward<'c>(&self, x: &[f32], n: usize, cache: &'c mut MlpCache) -> &'c [f32] {
+        cache.outs.resize_with(self.layers.len(), Vec::new);
+        for (l, layer) in self.layers.iter().enumerate() {
+            let (prev, rest) = cache.outs.split_at_mut(l);
+            let input: &[f32] = if l == 0 { x } else { &prev[l - 1] };
+            let out = &mut rest[0];
+            out.resize(n * layer.dout, 0.0);
+            layer.forward(input, n, self.act_of(l), out);
+        }
+        cache.outs.last().unwrap()
+    }
+
+    /// Backward from `dout` (dL/doutput, consumed). Writes parameter gradients into `grads`
+    /// (overwritten) and dL/dx into `dx` when given.
+    pub fn backward(
+        &self,
+        x: &[f32],
+        n: usize,
+        cache: &mut MlpCache,
+        dout: &[f32],
+        grads: &mut [LinearGrad],
+        dx: Option<&mut [f32]>,
+    ) {
+        let nl = self.layers.len();
+        cache.grad_a.clear();
+        cache.grad_a.extend_from_slice(dout);
+        let mut dx = dx;
+        for l in (0..nl).rev() {
+            let layer = &self.layers[l];
+            let input: &[f32] = if l == 0 { x } else { &cache.outs[l - 1] };
+            let want_dx = l > 0 || dx.is_some();
+            cache.grad_b.resize(n * layer.din, 0.0);
+            let (ga, gb) = (&mut cache.grad_a, &mut cache.grad_b);
+            let target: Option<&mut [f32]> = if !want_dx {
+                None
+            } else if l == 0 {
+                dx.as_deref_mut()
+            } else {
+                Some(gb.as_mut_slice())
+            };
+            layer.backward(
+                input,
+                &cache.outs[l],
+                ga,
+                n,
+                self.act_of(l),
+                &mut grads[l],
+                target,
+                false,
+            );
+            if l > 0 {
+                std::mem::swap(&mut cache.grad_a, &mut cache.grad_b);
+            }
+        }
+    }
+}
