@@ -11,7 +11,9 @@
 #![allow(clippy::needless_range_loop)]
 
 pub mod cli;
+pub mod backends;
 pub mod data;
+pub mod eval;
 pub mod kernels;
 pub mod nn;
 pub mod util;

@@ -1,6 +1,8 @@
 //! The `ddrm` command line (a thin layer over the library).
 
 mod data_cmd;
+pub mod run_dir;
+mod train_cmd;
 pub mod table;
 
 use clap::{Parser, Subcommand};
@@ -24,6 +26,12 @@ enum Command {
     /// Import, inspect, export, corrupt with noise, or synthesize datasets.
     #[command(subcommand)]
     Data(data_cmd::DataCommand),
+    /// Train a backend (MF-BPR, LightGCN, SGL) into a run directory.
+    Train(train_cmd::TrainArgs),
+    /// Evaluate a run on valid or test (full ranking, seen items masked).
+    Eval(train_cmd::EvalArgs),
+    /// Print the top-K items for one user.
+    Recommend(train_cmd::RecommendArgs),
 }
 
 /// Parse arguments, run, and return the process exit code. Errors are printed as one clear
@@ -52,6 +60,11 @@ pub fn main() -> i32 {
     }
     let res = match cli.command {
         Command::Data(c) => data_cmd::run(c, cli.quiet),
+        Command::Train(a) => train_cmd::run_train(&a, cli.quiet).and_then(|r| {
+            train_cmd::print_metrics(&format!("test at best epoch {} ({:.2} s/epoch)", r.best_epoch, r.epoch_seconds), &r.test, a.json)
+        }),
+        Command::Eval(a) => train_cmd::run_eval(&a),
+        Command::Recommend(a) => train_cmd::run_recommend(&a),
     };
     match res {
         Ok(()) => 0,

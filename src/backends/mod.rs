@@ -1,0 +1,7 @@
+//! Backend recommenders (MF-BPR, LightGCN, SGL): graph, sampler, model and training loop.
+pub mod graph;
+pub mod model;
+pub mod sampler;
+pub mod trainer;
+
+pub use model::{Augment, Backend, Model, ModelConfig};

@@ -1,0 +1,299 @@
+//! The three embedding backends — MF-BPR, LightGCN and SGL — as one model type: ego
+//! embeddings E0 ((U + I) x d, users first), a propagation (identity for MF; the layer mean of
+//! Â^k E0 for LightGCN/SGL) and a BPR step with a hand-written backward through it.
+
+use super::graph::Graph;
+use crate::data::Dataset;
+use crate::kernels::cpu::elementwise::{axpy, gather_rows, row_dots, scale};
+use crate::kernels::cpu::spmm::spmm;
+use crate::nn::loss;
+use crate::nn::{Adam, AdamConfig};
+use crate::util::rng::Rng;
+use serde::{Deserialize, Serialize};
+
+/// Which backend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// Matrix factorization with BPR.
+    Mf,
+    /// LightGCN.
+    Lightgcn,
+    /// SGL (LightGCN + self-supervised graph augmentation).
+    Sgl,
+}
+
+impl Backend {
+    /// Name as printed.
+    pub fn label(self) -> &'static str {
+        match self {
+            Backend::Mf => "MF-BPR",
+            Backend::Lightgcn => "LightGCN",
+            Backend::Sgl => "SGL",
+        }
+    }
+}
+
+/// SGL augmentation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Augment {
+    /// Edge dropout.
+    Ed,
+    /// Node dropout.
+    Nd,
+    /// Random walk (edge dropout drawn independently per layer).
+    Rw,
+}
+
+/// Model hyper-parameters.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ModelConfig {
+    /// Backend.
+    pub backend: Backend,
+    /// Embedding size.
+    pub dim: usize,
+    /// Propagation layers (LightGCN/SGL).
+    pub layers: usize,
+    /// L2 regularization on the batch's ego embeddings.
+    pub reg: f32,
+    /// Adam learning rate.
+    pub lr: f32,
+    /// SGL augmentation.
+    pub augment: Augment,
+    /// SGL drop ratio ρ.
+    pub drop_ratio: f64,
+    /// SGL temperature τ.
+    pub tau: f32,
+    /// SGL InfoNCE weight λ_ssl.
+    pub ssl_weight: f32,
+}
+
+/// A trainable backend.
+pub struct Model {
+    /// Hyper-parameters.
+    pub cfg: ModelConfig,
+    n_users: usize,
+    n_items: usize,
+    /// Ego embeddings E0, `(U + I) x d`.
+    pub ego: Vec<f32>,
+    graph: Option<Graph>,
+    views: Vec<Vec<Graph>>, // SGL: per view, one graph (ED/ND) or one per layer (RW)
+    adam: Adam,
+    // reusable buffers
+    fin: Vec<f32>,
+    grad: Vec<f32>,
+    layer_bufs: Vec<Vec<f32>>,
+}
+
+/// Loss parts of one batch.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct BatchLoss {
+    /// BPR loss.
+    pub bpr: f64,
+    /// L2 regularization term.
+    pub reg: f64,
+    /// InfoNCE (SGL).
+    pub ssl: f64,
+}
+
+impl Model {
+    /// A model with N(0, 0.1²) initial embeddings (LightGCN's initialization).
+    pub fn new(cfg: ModelConfig, ds: &Dataset, seed: u64) -> Self {
+        let (nu, ni, d) = (ds.n_users(), ds.n_items(), cfg.dim);
+        let mut ego = vec![0f32; (nu + ni) * d];
+        Rng::stream(seed, 0xE60).fill_normal(&mut ego, 0.1);
+        let graph = if cfg.backend == Backend::Mf { None } else { Some(Graph::new(ds)) };
+        let views = if cfg.backend == Backend::Sgl {
+            let per = if cfg.augment == Augment::Rw { cfg.layers.max(1) } else { 1 };
+            (0..2).map(|_| (0..per).map(|_| Graph::new(ds)).collect()).collect()
+        } else {
+            vec![]
+        };
+        let adam = Adam::new(AdamConfig::with_lr(cfg.lr), &[ego.len()]);
+        let n = (nu + ni) * d;
+        Model { cfg, n_users: nu, n_items: ni, ego, graph, views, adam, fin: vec![0.0; n], grad: vec![0.0; n], layer_bufs: vec![] }
+    }
+
+    /// Number of users.
+    pub fn n_users(&self) -> usize {
+        self.n_users
+    }
+    /// Number of items.
+    pub fn n_items(&self) -> usize {
+        self.n_items
+    }
+
+    /// Per-epoch setup: SGL draws its two augmented views.
+    pub fn begin_epoch(&mut self, seed: u64, epoch: u64) {
+        if self.cfg.backend != Backend::Sgl {
+            return;
+        }
+        let ratio = self.cfg.drop_ratio;
+        for (v, graphs) in self.views.iter_mut().enumerate() {
+            for (l, g) in graphs.iter_mut().enumerate() {
+                let mut rng = Rng::stream(seed, 0x5617_0000 + epoch * 64 + (v * 16 + l) as u64);
+                match self.cfg.augment {
+                    Augment::Nd => g.drop_nodes(ratio, &mut rng),
+                    Augment::Ed | Augment::Rw => g.drop_edges(ratio, &mut rng),
+                }
+            }
+        }
+    }
+
+    /// Propagate `src` through `graphs` (one graph reused for every layer, or one per layer)
+    /// for `layers` layers and write the layer mean into `out`. `bufs` are scratch.
+    pub fn propagate(graphs: &[&Graph], layers: usize, d: usize, src: &[f32], out: &mut [f32], bufs: &mut Vec<Vec<f32>>) {
+        out.copy_from_slice(src);
+        if layers == 0 {
+            return;
+        }
+        bufs.resize_with(2, Vec::new);
+        for b in bufs.iter_mut() {
+            b.resize(src.len(), 0.0);
+        }
+        let (b0, b1) = bufs.split_at_mut(1);
+        let (mut cur, mut nxt) = (&mut b0[0], &mut b1[0]);
+        cur.copy_from_slice(src);
+        for l in 0..layers {
+            let g = graphs[l.min(graphs.len() - 1)];
+            spmm(&g.adj, cur, d, nxt);
+            axpy(1.0, nxt, out);
+            std::mem::swap(&mut cur, &mut nxt);
+        }
+        scale(1.0 / (layers + 1) as f32, out);
+    }
+
+    /// Backward of [`Self::propagate`]: `out = (1/(K+1)) Σ_k Â_1ᵀ…Â_kᵀ g`, evaluated by
+    /// Horner's rule `h = g; h = g + Â_k h (k = K…1)` (each Â is symmetric).
+    pub fn propagate_back(graphs: &[&Graph], layers: usize, d: usize, g: &[f32], out: &mut [f32], bufs: &mut Vec<Vec<f32>>) {
+        out.copy_from_slice(g);
+        if layers == 0 {
+            return;
+        }
+        bufs.resize_with(2, Vec::new);
+        bufs[0].resize(g.len(), 0.0);
+        for l in (0..layers).rev() {
+            let gr = graphs[l.min(graphs.len() - 1)];
+            spmm(&gr.adj, out, d, &mut bufs[0]);
+            out.copy_from_slice(g);
+            axpy(1.0, &bufs[0], out);
+        }
+        scale(1.0 / (layers + 1) as f32, out);
+    }
+
+    /// Final (propagated) embeddings `(U + I) x d` of the main graph.
+    pub fn final_embeddings(&mut self) -> Vec<f32> {
+        let mut out = vec![0f32; self.ego.len()];
+        self.compute_final_into(&mut out);
+        out
+    }
+
+    fn compute_final_into(&mut self, out: &mut [f32]) {
+        match &self.graph {
+            None => out.copy_from_slice(&self.ego),
+            Some(g) => Self::propagate(&[g], self.cfg.layers, self.cfg.dim, &self.ego, out, &mut self.layer_bufs),
+        }
+    }
+
+    /// One optimizer step on a batch of triplets (`users`, `pos`, `neg` are item ids).
+    pub fn train_batch(&mut self, users: &[u32], pos: &[u32], neg: &[u32]) -> BatchLoss {
+        let d = self.cfg.dim;
+        let b = users.len();
+        let nu = self.n_users as u32;
+        let mut fin = std::mem::take(&mut self.fin);
+        self.compute_final_into(&mut fin);
+        let pos_n: Vec<u32> = pos.iter().map(|&i| i + nu).collect();
+        let neg_n: Vec<u32> = neg.iter().map(|&i| i + nu).collect();
+        let (mut eu, mut ei, mut ej) = (vec![0f32; b * d], vec![0f32; b * d], vec![0f32; b * d]);
+        gather_rows(&fin, d, users, &mut eu);
+        gather_rows(&fin, d, &pos_n, &mut ei);
+        gather_rows(&fin, d, &neg_n, &mut ej);
+        let (mut sp, mut sn) = (vec![0f32; b], vec![0f32; b]);
+        row_dots(&eu, &ei, d, &mut sp);
+        row_dots(&eu, &ej, d, &mut sn);
+        let (mut dp, mut dn) = (vec![0f32; b], vec![0f32; b]);
+        let bpr = loss::bpr(&sp, &sn, None, &mut dp, &mut dn);
+        // gradient w.r.t. final embeddings (dense, mostly zero)
+        let mut g = std::mem::take(&mut self.grad);
+        g.iter_mut().for_each(|v| *v = 0.0);
+        for k in 0..b {
+            let (u, i, j) = (users[k] as usize, pos_n[k] as usize, neg_n[k] as usize);
+            for t in 0..d {
+                g[u * d + t] += dp[k] * ei[k * d + t] + dn[k] * ej[k * d + t];
+                g[i * d + t] += dp[k] * eu[k * d + t];
+                g[j * d + t] += dn[k] * eu[k * d + t];
+            }
+        }
+        let mut ssl = 0.0;
+        if self.cfg.backend == Backend::Sgl && self.cfg.ssl_weight > 0.0 {
+            ssl = self.ssl_step(users, &pos_n, &mut fin);
+        }
+        // back through the main propagation: dE0 = (1/(K+1)) Σ_k Â^k G
+        let mut dego = vec![0f32; self.ego.len()];
+        match &self.graph {
+            None => dego.copy_from_slice(&g),
+            Some(gr) => Self::propagate_back(&[gr], self.cfg.layers, d, &g, &mut dego, &mut self.layer_bufs),
+        }
+        if self.cfg.backend == Backend::Sgl {
+            // SGL's view gradients were accumulated into `fin` by ssl_step
+            axpy(1.0, &fin, &mut dego);
+        }
+        // L2 on the batch's ego embeddings: reg/2 · (‖e_u‖² + ‖e_i‖² + ‖e_j‖²) / B
+        let mut reg = 0f64;
+        let rc = self.cfg.reg / b as f32;
+        for k in 0..b {
+            for &node in &[users[k] as usize, pos_n[k] as usize, neg_n[k] as usize] {
+                let e = &self.ego[node * d..(node + 1) * d];
+                reg += 0.5 * e.iter().map(|v| (v * v) as f64).sum::<f64>();
+                axpy(rc, e, &mut dego[node * d..(node + 1) * d]);
+            }
+        }
+        self.adam.begin_step();
+        self.adam.update(0, &mut self.ego, &dego);
+        self.fin = fin;
+        self.grad = g;
+        BatchLoss { bpr, reg: reg * self.cfg.reg as f64 / b as f64, ssl }
+    }
+
+    /// SGL: InfoNCE between the two views on the batch's unique users and items. Writes the
+    /// gradient w.r.t. E0 into `out` (overwritten) and returns the weighted loss.
+    fn ssl_step(&mut self, users: &[u32], pos_n: &[u32], out: &mut [f32]) -> f64 {
+        let d = self.cfg.dim;
+        let (layers, w, tau) = (self.cfg.layers, self.cfg.ssl_weight, self.cfg.tau);
+        let mut uniq_u: Vec<u32> = users.to_vec();
+        uniq_u.sort_unstable();
+        uniq_u.dedup();
+        let mut uniq_i: Vec<u32> = pos_n.to_vec();
+        uniq_i.sort_unstable();
+        uniq_i.dedup();
+        let n = self.ego.len();
+        let mut v_emb = [vec![0f32; n], vec![0f32; n]];
+        for v in 0..2 {
+            let gs: Vec<&Graph> = self.views[v].iter().collect();
+            Self::propagate(&gs, layers, d, &self.ego, &mut v_emb[v], &mut self.layer_bufs);
+        }
+        let mut gv = [vec![0f32; n], vec![0f32; n]];
+        let mut total = 0.0;
+        for ids in [&uniq_u, &uniq_i] {
+            let m = ids.len();
+            let (mut a, mut b) = (vec![0f32; m * d], vec![0f32; m * d]);
+            gather_rows(&v_emb[0], d, ids, &mut a);
+            gather_rows(&v_emb[1], d, ids, &mut b);
+            let (mut da, mut db) = (vec![0f32; m * d], vec![0f32; m * d]);
+            total += loss::infonce(&a, &b, d, tau, &mut da, &mut db);
+            scale(w, &mut da);
+            scale(w, &mut db);
+            crate::kernels::cpu::elementwise::scatter_add_rows(&mut gv[0], d, ids, &da);
+            crate::kernels::cpu::elementwise::scatter_add_rows(&mut gv[1], d, ids, &db);
+        }
+        out.iter_mut().for_each(|x| *x = 0.0);
+        let mut tmp = vec![0f32; n];
+        for v in 0..2 {
+            let gs: Vec<&Graph> = self.views[v].iter().collect();
+            Self::propagate_back(&gs, layers, d, &gv[v], &mut tmp, &mut self.layer_bufs);
+            axpy(1.0, &tmp, out);
+        }
+        w as f64 * total
+    }
+}

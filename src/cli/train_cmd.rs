@@ -1,0 +1,311 @@
+//! `ddrm train`, `ddrm eval`, `ddrm recommend`.
+
+use super::run_dir::{RunConfig, RunDir, RunResult};
+use super::table::render;
+use crate::backends::trainer::{train, TrainConfig};
+use crate::backends::{Augment, Backend, ModelConfig};
+use crate::data::Split;
+use crate::eval::Metrics;
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use std::path::PathBuf;
+use std::time::Instant;
+
+/// Options of `ddrm train` for the backends.
+#[derive(Args, Debug, Clone)]
+pub struct TrainArgs {
+    /// Backend model.
+    #[arg(long, value_enum)]
+    pub model: Backend,
+    /// Dataset name or path.
+    #[arg(long, default_value = "ml1m-noisy")]
+    pub dataset: String,
+    /// Seed.
+    #[arg(long, default_value_t = 2020)]
+    pub seed: u64,
+    /// Run directory to write.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Embedding size.
+    #[arg(long, default_value_t = 64)]
+    pub dim: usize,
+    /// Propagation layers (LightGCN, SGL).
+    #[arg(long, default_value_t = 3)]
+    pub layers: usize,
+    /// Learning rate (default: per model, see README).
+    #[arg(long)]
+    pub lr: Option<f32>,
+    /// L2 regularization (default: per model).
+    #[arg(long)]
+    pub reg: Option<f32>,
+    /// Batch size (default: per model).
+    #[arg(long)]
+    pub batch: Option<usize>,
+    /// Maximum epochs (default: per model).
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    /// Validate every N epochs.
+    #[arg(long, default_value_t = 5)]
+    pub eval_every: usize,
+    /// Validations without improvement before stopping.
+    #[arg(long, default_value_t = 5)]
+    pub patience: usize,
+    /// SGL augmentation.
+    #[arg(long, value_enum, default_value_t = Augment::Ed)]
+    pub augment: Augment,
+    /// SGL drop ratio.
+    #[arg(long, default_value_t = 0.1)]
+    pub drop_ratio: f64,
+    /// SGL temperature.
+    #[arg(long, default_value_t = 0.2)]
+    pub tau: f32,
+    /// SGL InfoNCE weight.
+    #[arg(long, default_value_t = 0.1)]
+    pub ssl_weight: f32,
+    /// Cut-offs to report.
+    #[arg(long, value_delimiter = ',', default_value = "10,20")]
+    pub k: Vec<usize>,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Per-model defaults (chosen on the valid split of ml1m-noisy; see README).
+pub fn defaults(b: Backend) -> (f32, f32, usize, usize) {
+    // (lr, reg, batch, epochs)
+    match b {
+        Backend::Mf => (1e-3, 1e-4, 2048, 400),
+        Backend::Lightgcn => (1e-3, 1e-4, 2048, 400),
+        Backend::Sgl => (1e-3, 1e-4, 2048, 400),
+    }
+}
+
+fn check_args(a: &TrainArgs) -> Result<()> {
+    if a.dim == 0 {
+        bail!("--dim must be at least 1");
+    }
+    if a.k.is_empty() || a.k.contains(&0) {
+        bail!("--k must list positive cut-offs, e.g. 10,20");
+    }
+    if !(0.0..1.0).contains(&a.drop_ratio) {
+        bail!("--drop-ratio must be in [0, 1)");
+    }
+    if a.tau <= 0.0 || a.tau.is_nan() {
+        bail!("--tau must be positive");
+    }
+    for (name, v) in [("--lr", a.lr), ("--reg", a.reg)] {
+        if let Some(v) = v {
+            if !v.is_finite() || v < 0.0 {
+                bail!("{name} must be a finite non-negative number");
+            }
+        }
+    }
+    if a.batch == Some(0) || a.epochs == Some(0) {
+        bail!("--batch and --epochs must be at least 1");
+    }
+    Ok(())
+}
+
+/// Build the training configuration from arguments.
+pub fn train_config(a: &TrainArgs) -> Result<TrainConfig> {
+    check_args(a)?;
+    let (lr, reg, batch, epochs) = defaults(a.model);
+    let mut ks = a.k.clone();
+    if !ks.contains(&20) {
+        ks.push(20); // model selection uses valid Recall@20
+    }
+    Ok(TrainConfig {
+        model: ModelConfig {
+            backend: a.model,
+            dim: a.dim,
+            layers: if a.model == Backend::Mf { 0 } else { a.layers },
+            reg: a.reg.unwrap_or(reg),
+            lr: a.lr.unwrap_or(lr),
+            augment: a.augment,
+            drop_ratio: a.drop_ratio,
+            tau: a.tau,
+            ssl_weight: a.ssl_weight,
+        },
+        batch: a.batch.unwrap_or(batch),
+        epochs: a.epochs.unwrap_or(epochs),
+        eval_every: a.eval_every.max(1),
+        patience: a.patience.max(1),
+        seed: a.seed,
+        ks,
+    })
+}
+
+/// Print metrics as a table (or JSON).
+pub fn print_metrics(title: &str, m: &Metrics, json: bool) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(m)?);
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = m.at.iter().map(|a| vec![format!("{}", a.k), format!("{:.4}", a.recall), format!("{:.4}", a.ndcg)]).collect();
+    println!("{title} ({} users)", m.users);
+    print!("{}", render(&["K", "Recall@K", "NDCG@K"], &rows));
+    Ok(())
+}
+
+/// Train a backend into a run directory; returns the result.
+pub fn run_train(a: &TrainArgs, quiet: bool) -> Result<RunResult> {
+    let cfg = train_config(a)?;
+    let ds = crate::data::open(&a.dataset)?;
+    let rd = RunDir::create(&a.out)?;
+    let t0 = Instant::now();
+    let rc = RunConfig {
+        kind: "backend".into(),
+        dataset: a.dataset.clone(),
+        fingerprint: ds.fingerprint(),
+        backend: a.model.label().into(),
+        dim: a.dim,
+        config: serde_json::to_value(&cfg)?,
+    };
+    rd.write_json("config.json", &rc)?;
+    let mut log_err: Option<anyhow::Error> = None;
+    let out = train(&ds, &cfg, quiet, |rec| {
+        if let Err(e) = rd.append_metrics(rec) {
+            log_err.get_or_insert(e);
+        }
+        if !quiet {
+            eprintln!(
+                "epoch {:>4}  loss {:.4}  valid R@20 {:.4}  N@20 {:.4}  ({:.2} s/epoch)",
+                rec.epoch,
+                rec.loss,
+                rec.valid.recall(20),
+                rec.valid.ndcg(20),
+                rec.train_seconds
+            );
+        }
+    });
+    if let Some(e) = log_err {
+        return Err(e.context("writing metrics.jsonl"));
+    }
+    let (nu, ni, d) = (ds.n_users(), ds.n_items(), a.dim);
+    crate::util::tensorfile::write(
+        &rd.path.join("model.ckpt"),
+        "backend",
+        &ds.fingerprint(),
+        serde_json::to_value(&cfg)?,
+        &[
+            ("ego", nu + ni, d, &out.model.ego),
+            ("final", nu + ni, d, &out.final_emb),
+        ],
+    )?;
+    let res = RunResult {
+        best_epoch: out.best_epoch,
+        valid: out.best_valid,
+        test: out.test,
+        epoch_seconds: out.epoch_seconds,
+        total_seconds: t0.elapsed().as_secs_f64(),
+    };
+    rd.write_json("result.json", &res)?;
+    Ok(res)
+}
+
+/// `ddrm eval`.
+#[derive(Args, Debug)]
+pub struct EvalArgs {
+    /// Run directory.
+    #[arg(long)]
+    pub run: PathBuf,
+    /// Split to evaluate.
+    #[arg(long, value_enum, default_value_t = Split::Test)]
+    pub split: Split,
+    /// Cut-offs.
+    #[arg(long, value_delimiter = ',', default_value = "10,20")]
+    pub k: Vec<usize>,
+    /// JSON output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `ddrm recommend`.
+#[derive(Args, Debug)]
+pub struct RecommendArgs {
+    /// Run directory.
+    #[arg(long)]
+    pub run: PathBuf,
+    /// User id (dense id of the dataset).
+    #[arg(long)]
+    pub user: u32,
+    /// How many items.
+    #[arg(long, default_value_t = 20)]
+    pub k: usize,
+    /// Also mask valid items (as in testing).
+    #[arg(long)]
+    pub mask_valid: bool,
+    /// JSON output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Scores for a run: query rows for `users` and the item matrix.
+pub fn run_queries(rd: &RunDir, rc: &RunConfig, ds: &crate::data::Dataset, users: &[u32], seed_override: Option<u64>) -> Result<(Vec<f32>, Vec<f32>)> {
+    let tf = rd.checkpoint(rc)?;
+    let d = rc.dim;
+    let nu = ds.n_users();
+    if rc.kind == "ddrm" {
+        let _ = seed_override;
+        bail!("TODO ddrm");
+    }
+    let (fin, rows, cols) = tf.get("final")?;
+    if rows != nu + ds.n_items() || cols != d {
+        bail!("checkpoint shape {rows} x {cols} does not match the dataset");
+    }
+    let mut q = vec![0f32; users.len() * d];
+    crate::kernels::cpu::elementwise::gather_rows(fin, d, users, &mut q);
+    Ok((q, fin[nu * d..].to_vec()))
+}
+
+/// Run `ddrm eval`.
+pub fn run_eval(a: &EvalArgs) -> Result<()> {
+    if a.k.is_empty() || a.k.contains(&0) {
+        bail!("--k must list positive cut-offs");
+    }
+    let rd = RunDir::open(&a.run)?;
+    let rc = rd.config()?;
+    let ds = rd.dataset(&rc)?;
+    let users = crate::eval::eval_users(&ds, a.split);
+    let (q, items) = run_queries(&rd, &rc, &ds, &users, None)?;
+    let packed = crate::kernels::cpu::topk::PackedItems::new(&items, ds.n_items(), rc.dim);
+    let m = crate::eval::evaluate_queries(&ds, a.split, &users, &q, &packed, &a.k);
+    print_metrics(&format!("{} on {} ({})", rc.backend, rc.dataset, a.split.name()), &m, a.json)
+}
+
+/// Run `ddrm recommend`.
+pub fn run_recommend(a: &RecommendArgs) -> Result<()> {
+    let rd = RunDir::open(&a.run)?;
+    let rc = rd.config()?;
+    let ds = rd.dataset(&rc)?;
+    if a.user as usize >= ds.n_users() {
+        bail!("user {} out of range: the dataset has {} users (ids 0..{})", a.user, ds.n_users(), ds.n_users() - 1);
+    }
+    if a.k == 0 {
+        bail!("--k must be at least 1");
+    }
+    let (q, items) = run_queries(&rd, &rc, &ds, &[a.user], None)?;
+    let packed = crate::kernels::cpu::topk::PackedItems::new(&items, ds.n_items(), rc.dim);
+    let masks = if a.mask_valid { vec![ds.train(), ds.valid()] } else { vec![ds.train()] };
+    let k = a.k.min(ds.n_items());
+    let (top, scores) = crate::kernels::cpu::topk::fused_topk(crate::kernels::cpu::Isa::detect(), &q, &packed, k, &masks, &[a.user]);
+    let raw = ds.item_raw_ids();
+    let list: Vec<(u32, f32)> = top.iter().zip(&scores).filter(|(i, _)| **i != u32::MAX).map(|(i, s)| (*i, *s)).collect();
+    if a.json {
+        let v: Vec<serde_json::Value> = list
+            .iter()
+            .enumerate()
+            .map(|(r, (i, s))| serde_json::json!({"rank": r + 1, "item": i, "raw_item": raw.get(*i as usize), "score": s}))
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&v).context("json")?);
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = list
+        .iter()
+        .enumerate()
+        .map(|(r, (i, s))| vec![format!("{}", r + 1), format!("{i}"), raw.get(*i as usize).map_or("-".into(), |x| x.to_string()), format!("{s:.4}")])
+        .collect();
+    println!("top {} for user {} ({})", list.len(), a.user, rc.backend);
+    print!("{}", render(&["rank", "item", "raw id", "score"], &rows));
+    Ok(())
+}
