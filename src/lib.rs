@@ -10,9 +10,10 @@
 // Numerical kernels index several parallel arrays by one loop variable; ranges read clearer.
 #![allow(clippy::needless_range_loop)]
 
-pub mod cli;
 pub mod backends;
+pub mod cli;
 pub mod data;
+pub mod diffusion;
 pub mod eval;
 pub mod kernels;
 pub mod nn;

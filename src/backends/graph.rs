@@ -57,7 +57,9 @@ impl Graph {
     /// Drop each node (user or item) with probability `ratio` together with its edges (SGL
     /// node dropout), re-normalize.
     pub fn drop_nodes(&mut self, ratio: f64, rng: &mut Rng) {
-        let alive: Vec<bool> = (0..self.n_nodes()).map(|_| rng.uniform() >= ratio).collect();
+        let alive: Vec<bool> = (0..self.n_nodes())
+            .map(|_| rng.uniform() >= ratio)
+            .collect();
         let nu = self.n_users;
         for (k, &(u, i)) in self.edges.iter().enumerate() {
             self.keep[k] = alive[u as usize] && alive[nu + i as usize];

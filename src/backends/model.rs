@@ -103,16 +103,37 @@ impl Model {
         let (nu, ni, d) = (ds.n_users(), ds.n_items(), cfg.dim);
         let mut ego = vec![0f32; (nu + ni) * d];
         Rng::stream(seed, 0xE60).fill_normal(&mut ego, 0.1);
-        let graph = if cfg.backend == Backend::Mf { None } else { Some(Graph::new(ds)) };
+        let graph = if cfg.backend == Backend::Mf {
+            None
+        } else {
+            Some(Graph::new(ds))
+        };
         let views = if cfg.backend == Backend::Sgl {
-            let per = if cfg.augment == Augment::Rw { cfg.layers.max(1) } else { 1 };
-            (0..2).map(|_| (0..per).map(|_| Graph::new(ds)).collect()).collect()
+            let per = if cfg.augment == Augment::Rw {
+                cfg.layers.max(1)
+            } else {
+                1
+            };
+            (0..2)
+                .map(|_| (0..per).map(|_| Graph::new(ds)).collect())
+                .collect()
         } else {
             vec![]
         };
         let adam = Adam::new(AdamConfig::with_lr(cfg.lr), &[ego.len()]);
         let n = (nu + ni) * d;
-        Model { cfg, n_users: nu, n_items: ni, ego, graph, views, adam, fin: vec![0.0; n], grad: vec![0.0; n], layer_bufs: vec![] }
+        Model {
+            cfg,
+            n_users: nu,
+            n_items: ni,
+            ego,
+            graph,
+            views,
+            adam,
+            fin: vec![0.0; n],
+            grad: vec![0.0; n],
+            layer_bufs: vec![],
+        }
     }
 
     /// Number of users.
@@ -143,7 +164,14 @@ impl Model {
 
     /// Propagate `src` through `graphs` (one graph reused for every layer, or one per layer)
     /// for `layers` layers and write the layer mean into `out`. `bufs` are scratch.
-    pub fn propagate(graphs: &[&Graph], layers: usize, d: usize, src: &[f32], out: &mut [f32], bufs: &mut Vec<Vec<f32>>) {
+    pub fn propagate(
+        graphs: &[&Graph],
+        layers: usize,
+        d: usize,
+        src: &[f32],
+        out: &mut [f32],
+        bufs: &mut Vec<Vec<f32>>,
+    ) {
         out.copy_from_slice(src);
         if layers == 0 {
             return;
@@ -166,7 +194,14 @@ impl Model {
 
     /// Backward of [`Self::propagate`]: `out = (1/(K+1)) Σ_k Â_1ᵀ…Â_kᵀ g`, evaluated by
     /// Horner's rule `h = g; h = g + Â_k h (k = K…1)` (each Â is symmetric).
-    pub fn propagate_back(graphs: &[&Graph], layers: usize, d: usize, g: &[f32], out: &mut [f32], bufs: &mut Vec<Vec<f32>>) {
+    pub fn propagate_back(
+        graphs: &[&Graph],
+        layers: usize,
+        d: usize,
+        g: &[f32],
+        out: &mut [f32],
+        bufs: &mut Vec<Vec<f32>>,
+    ) {
         out.copy_from_slice(g);
         if layers == 0 {
             return;
@@ -192,7 +227,14 @@ impl Model {
     fn compute_final_into(&mut self, out: &mut [f32]) {
         match &self.graph {
             None => out.copy_from_slice(&self.ego),
-            Some(g) => Self::propagate(&[g], self.cfg.layers, self.cfg.dim, &self.ego, out, &mut self.layer_bufs),
+            Some(g) => Self::propagate(
+                &[g],
+                self.cfg.layers,
+                self.cfg.dim,
+                &self.ego,
+                out,
+                &mut self.layer_bufs,
+            ),
         }
     }
 
@@ -233,7 +275,14 @@ impl Model {
         let mut dego = vec![0f32; self.ego.len()];
         match &self.graph {
             None => dego.copy_from_slice(&g),
-            Some(gr) => Self::propagate_back(&[gr], self.cfg.layers, d, &g, &mut dego, &mut self.layer_bufs),
+            Some(gr) => Self::propagate_back(
+                &[gr],
+                self.cfg.layers,
+                d,
+                &g,
+                &mut dego,
+                &mut self.layer_bufs,
+            ),
         }
         if self.cfg.backend == Backend::Sgl {
             // SGL's view gradients were accumulated into `fin` by ssl_step
@@ -253,7 +302,11 @@ impl Model {
         self.adam.update(0, &mut self.ego, &dego);
         self.fin = fin;
         self.grad = g;
-        BatchLoss { bpr, reg: reg * self.cfg.reg as f64 / b as f64, ssl }
+        BatchLoss {
+            bpr,
+            reg: reg * self.cfg.reg as f64 / b as f64,
+            ssl,
+        }
     }
 
     /// SGL: InfoNCE between the two views on the batch's unique users and items. Writes the
@@ -271,7 +324,14 @@ impl Model {
         let mut v_emb = [vec![0f32; n], vec![0f32; n]];
         for v in 0..2 {
             let gs: Vec<&Graph> = self.views[v].iter().collect();
-            Self::propagate(&gs, layers, d, &self.ego, &mut v_emb[v], &mut self.layer_bufs);
+            Self::propagate(
+                &gs,
+                layers,
+                d,
+                &self.ego,
+                &mut v_emb[v],
+                &mut self.layer_bufs,
+            );
         }
         let mut gv = [vec![0f32; n], vec![0f32; n]];
         let mut total = 0.0;

@@ -62,7 +62,12 @@ pub struct TrainOutcome {
 }
 
 /// Train a backend. `on_record` sees each validation (for logging to disk).
-pub fn train(ds: &Dataset, cfg: &TrainConfig, quiet: bool, mut on_record: impl FnMut(&EpochRecord)) -> TrainOutcome {
+pub fn train(
+    ds: &Dataset,
+    cfg: &TrainConfig,
+    quiet: bool,
+    mut on_record: impl FnMut(&EpochRecord),
+) -> TrainOutcome {
     let d = cfg.model.dim;
     let nu = ds.n_users();
     let mut model = Model::new(cfg.model.clone(), ds, cfg.seed);
@@ -93,8 +98,15 @@ pub fn train(ds: &Dataset, cfg: &TrainConfig, quiet: bool, mut on_record: impl F
         bar.set_prefix(format!("loss {:.4} {:.1}s/epoch", lsum / nbf, secs));
         if epoch % cfg.eval_every.max(1) == 0 || epoch == cfg.epochs {
             let fin = model.final_embeddings();
-            let valid = evaluate_embeddings(ds, Split::Valid, &fin[..nu * d], &fin[nu * d..], d, &cfg.ks);
-            let rec = EpochRecord { epoch, loss: lsum / nbf, ssl: ssum / nbf, train_seconds: secs, valid: valid.clone() };
+            let valid =
+                evaluate_embeddings(ds, Split::Valid, &fin[..nu * d], &fin[nu * d..], d, &cfg.ks);
+            let rec = EpochRecord {
+                epoch,
+                loss: lsum / nbf,
+                ssl: ssum / nbf,
+                train_seconds: secs,
+                valid: valid.clone(),
+            };
             on_record(&rec);
             history.push(rec);
             let r = valid.recall(k_sel);
@@ -114,5 +126,13 @@ pub fn train(ds: &Dataset, cfg: &TrainConfig, quiet: bool, mut on_record: impl F
     model.ego = ego;
     let fin = model.final_embeddings();
     let test = evaluate_embeddings(ds, Split::Test, &fin[..nu * d], &fin[nu * d..], d, &cfg.ks);
-    TrainOutcome { best_epoch, best_valid, test, history, model, final_emb: fin, epoch_seconds: train_time / epochs_run.max(1) as f64 }
+    TrainOutcome {
+        best_epoch,
+        best_valid,
+        test,
+        history,
+        model,
+        final_emb: fin,
+        epoch_seconds: train_time / epochs_run.max(1) as f64,
+    }
 }

@@ -1,9 +1,10 @@
 //! The `ddrm` command line (a thin layer over the library).
 
 mod data_cmd;
+pub mod ddrm_cmd;
 pub mod run_dir;
-mod train_cmd;
 pub mod table;
+pub mod train_cmd;
 
 use clap::{Parser, Subcommand};
 
@@ -61,7 +62,14 @@ pub fn main() -> i32 {
     let res = match cli.command {
         Command::Data(c) => data_cmd::run(c, cli.quiet),
         Command::Train(a) => train_cmd::run_train(&a, cli.quiet).and_then(|r| {
-            train_cmd::print_metrics(&format!("test at best epoch {} ({:.2} s/epoch)", r.best_epoch, r.epoch_seconds), &r.test, a.json)
+            train_cmd::print_metrics(
+                &format!(
+                    "test at best epoch {} ({:.2} s/epoch)",
+                    r.best_epoch, r.epoch_seconds
+                ),
+                &r.test,
+                a.json,
+            )
         }),
         Command::Eval(a) => train_cmd::run_eval(&a),
         Command::Recommend(a) => train_cmd::run_recommend(&a),

@@ -49,16 +49,24 @@ pub struct RunDir {
 impl RunDir {
     /// Create (or reuse) a run directory.
     pub fn create(path: &Path) -> Result<Self> {
-        std::fs::create_dir_all(path).with_context(|| format!("cannot create run directory {}", path.display()))?;
+        std::fs::create_dir_all(path)
+            .with_context(|| format!("cannot create run directory {}", path.display()))?;
         let _ = std::fs::remove_file(path.join("metrics.jsonl"));
-        Ok(RunDir { path: path.to_path_buf() })
+        Ok(RunDir {
+            path: path.to_path_buf(),
+        })
     }
     /// Open an existing run directory.
     pub fn open(path: &Path) -> Result<Self> {
         if !path.join("config.json").is_file() {
-            bail!("{} is not a ddrm run directory (no config.json)", path.display());
+            bail!(
+                "{} is not a ddrm run directory (no config.json)",
+                path.display()
+            );
         }
-        Ok(RunDir { path: path.to_path_buf() })
+        Ok(RunDir {
+            path: path.to_path_buf(),
+        })
     }
     /// Write JSON atomically.
     pub fn write_json<T: Serialize>(&self, name: &str, v: &T) -> Result<()> {
@@ -66,7 +74,10 @@ impl RunDir {
     }
     /// Append one JSON line to `metrics.jsonl`.
     pub fn append_metrics<T: Serialize>(&self, v: &T) -> Result<()> {
-        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(self.path.join("metrics.jsonl"))?;
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.path.join("metrics.jsonl"))?;
         writeln!(f, "{}", serde_json::to_string(v)?)?;
         Ok(())
     }
@@ -94,7 +105,11 @@ impl RunDir {
     pub fn checkpoint(&self, cfg: &RunConfig) -> Result<TensorFile> {
         let tf = TensorFile::open(&self.path.join("model.ckpt"))?;
         if tf.meta.dataset != cfg.fingerprint {
-            bail!("checkpoint of {} was trained on other data ({})", self.path.display(), tf.meta.dataset);
+            bail!(
+                "checkpoint of {} was trained on other data ({})",
+                self.path.display(),
+                tf.meta.dataset
+            );
         }
         Ok(tf)
     }

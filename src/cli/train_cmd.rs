@@ -14,9 +14,15 @@ use std::time::Instant;
 /// Options of `ddrm train` for the backends.
 #[derive(Args, Debug, Clone)]
 pub struct TrainArgs {
-    /// Backend model.
-    #[arg(long, value_enum)]
-    pub model: Backend,
+    /// Backend model (for `--denoise ddrm` it is taken from the `--from` run).
+    #[arg(long, value_enum, required_unless_present = "from")]
+    pub model: Option<Backend>,
+    /// Denoising plug-in to train on top of a backend run (`--from`).
+    #[arg(long, value_enum, requires = "from")]
+    pub denoise: Option<Denoise>,
+    /// DDRM options.
+    #[command(flatten)]
+    pub ddrm: crate::cli::ddrm_cmd::DdrmArgs,
     /// Dataset name or path.
     #[arg(long, default_value = "ml1m-noisy")]
     pub dataset: String,
@@ -70,6 +76,13 @@ pub struct TrainArgs {
     pub json: bool,
 }
 
+/// Denoising plug-ins.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Denoise {
+    /// DDRM (the paper's diffusion plug-in).
+    Ddrm,
+}
+
 /// Per-model defaults (chosen on the valid split of ml1m-noisy; see README).
 pub fn defaults(b: Backend) -> (f32, f32, usize, usize) {
     // (lr, reg, batch, epochs)
@@ -109,16 +122,19 @@ fn check_args(a: &TrainArgs) -> Result<()> {
 /// Build the training configuration from arguments.
 pub fn train_config(a: &TrainArgs) -> Result<TrainConfig> {
     check_args(a)?;
-    let (lr, reg, batch, epochs) = defaults(a.model);
+    let Some(model) = a.model else {
+        bail!("--model is required to train a backend")
+    };
+    let (lr, reg, batch, epochs) = defaults(model);
     let mut ks = a.k.clone();
     if !ks.contains(&20) {
         ks.push(20); // model selection uses valid Recall@20
     }
     Ok(TrainConfig {
         model: ModelConfig {
-            backend: a.model,
+            backend: model,
             dim: a.dim,
-            layers: if a.model == Backend::Mf { 0 } else { a.layers },
+            layers: if model == Backend::Mf { 0 } else { a.layers },
             reg: a.reg.unwrap_or(reg),
             lr: a.lr.unwrap_or(lr),
             augment: a.augment,
@@ -141,14 +157,41 @@ pub fn print_metrics(title: &str, m: &Metrics, json: bool) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(m)?);
         return Ok(());
     }
-    let rows: Vec<Vec<String>> = m.at.iter().map(|a| vec![format!("{}", a.k), format!("{:.4}", a.recall), format!("{:.4}", a.ndcg)]).collect();
+    let rows: Vec<Vec<String>> =
+        m.at.iter()
+            .map(|a| {
+                vec![
+                    format!("{}", a.k),
+                    format!("{:.4}", a.recall),
+                    format!("{:.4}", a.ndcg),
+                ]
+            })
+            .collect();
     println!("{title} ({} users)", m.users);
     print!("{}", render(&["K", "Recall@K", "NDCG@K"], &rows));
     Ok(())
 }
 
-/// Train a backend into a run directory; returns the result.
+/// Train a backend (or DDRM with `--denoise ddrm --from RUN`) into a run directory.
 pub fn run_train(a: &TrainArgs, quiet: bool) -> Result<RunResult> {
+    if a.denoise == Some(Denoise::Ddrm) {
+        check_args(a)?;
+        let from = a.ddrm.from.clone().expect("clap enforces --from");
+        let cfg = crate::cli::ddrm_cmd::ddrm_config(
+            &a.ddrm,
+            a.lr,
+            a.batch,
+            a.epochs,
+            a.eval_every,
+            a.patience,
+            a.seed,
+            &a.k,
+        )?;
+        return crate::cli::ddrm_cmd::run_train_ddrm(cfg, &from, &a.out, quiet);
+    }
+    if a.ddrm.from.is_some() {
+        bail!("--from needs --denoise ddrm");
+    }
     let cfg = train_config(a)?;
     let ds = crate::data::open(&a.dataset)?;
     let rd = RunDir::create(&a.out)?;
@@ -157,7 +200,7 @@ pub fn run_train(a: &TrainArgs, quiet: bool) -> Result<RunResult> {
         kind: "backend".into(),
         dataset: a.dataset.clone(),
         fingerprint: ds.fingerprint(),
-        backend: a.model.label().into(),
+        backend: a.model.map_or("?", |m| m.label()).into(),
         dim: a.dim,
         config: serde_json::to_value(&cfg)?,
     };
@@ -241,13 +284,18 @@ pub struct RecommendArgs {
 }
 
 /// Scores for a run: query rows for `users` and the item matrix.
-pub fn run_queries(rd: &RunDir, rc: &RunConfig, ds: &crate::data::Dataset, users: &[u32], seed_override: Option<u64>) -> Result<(Vec<f32>, Vec<f32>)> {
+pub fn run_queries(
+    rd: &RunDir,
+    rc: &RunConfig,
+    ds: &crate::data::Dataset,
+    users: &[u32],
+    seed_override: Option<u64>,
+) -> Result<(Vec<f32>, Vec<f32>)> {
     let tf = rd.checkpoint(rc)?;
     let d = rc.dim;
     let nu = ds.n_users();
     if rc.kind == "ddrm" {
-        let _ = seed_override;
-        bail!("TODO ddrm");
+        return crate::cli::ddrm_cmd::ddrm_queries(&tf, rc, ds, users, seed_override);
     }
     let (fin, rows, cols) = tf.get("final")?;
     if rows != nu + ds.n_items() || cols != d {
@@ -270,7 +318,11 @@ pub fn run_eval(a: &EvalArgs) -> Result<()> {
     let (q, items) = run_queries(&rd, &rc, &ds, &users, None)?;
     let packed = crate::kernels::cpu::topk::PackedItems::new(&items, ds.n_items(), rc.dim);
     let m = crate::eval::evaluate_queries(&ds, a.split, &users, &q, &packed, &a.k);
-    print_metrics(&format!("{} on {} ({})", rc.backend, rc.dataset, a.split.name()), &m, a.json)
+    print_metrics(
+        &format!("{} on {} ({})", rc.backend, rc.dataset, a.split.name()),
+        &m,
+        a.json,
+    )
 }
 
 /// Run `ddrm recommend`.
@@ -279,18 +331,39 @@ pub fn run_recommend(a: &RecommendArgs) -> Result<()> {
     let rc = rd.config()?;
     let ds = rd.dataset(&rc)?;
     if a.user as usize >= ds.n_users() {
-        bail!("user {} out of range: the dataset has {} users (ids 0..{})", a.user, ds.n_users(), ds.n_users() - 1);
+        bail!(
+            "user {} out of range: the dataset has {} users (ids 0..{})",
+            a.user,
+            ds.n_users(),
+            ds.n_users() - 1
+        );
     }
     if a.k == 0 {
         bail!("--k must be at least 1");
     }
     let (q, items) = run_queries(&rd, &rc, &ds, &[a.user], None)?;
     let packed = crate::kernels::cpu::topk::PackedItems::new(&items, ds.n_items(), rc.dim);
-    let masks = if a.mask_valid { vec![ds.train(), ds.valid()] } else { vec![ds.train()] };
+    let masks = if a.mask_valid {
+        vec![ds.train(), ds.valid()]
+    } else {
+        vec![ds.train()]
+    };
     let k = a.k.min(ds.n_items());
-    let (top, scores) = crate::kernels::cpu::topk::fused_topk(crate::kernels::cpu::Isa::detect(), &q, &packed, k, &masks, &[a.user]);
+    let (top, scores) = crate::kernels::cpu::topk::fused_topk(
+        crate::kernels::cpu::Isa::detect(),
+        &q,
+        &packed,
+        k,
+        &masks,
+        &[a.user],
+    );
     let raw = ds.item_raw_ids();
-    let list: Vec<(u32, f32)> = top.iter().zip(&scores).filter(|(i, _)| **i != u32::MAX).map(|(i, s)| (*i, *s)).collect();
+    let list: Vec<(u32, f32)> = top
+        .iter()
+        .zip(&scores)
+        .filter(|(i, _)| **i != u32::MAX)
+        .map(|(i, s)| (*i, *s))
+        .collect();
     if a.json {
         let v: Vec<serde_json::Value> = list
             .iter()
@@ -303,7 +376,14 @@ pub fn run_recommend(a: &RecommendArgs) -> Result<()> {
     let rows: Vec<Vec<String>> = list
         .iter()
         .enumerate()
-        .map(|(r, (i, s))| vec![format!("{}", r + 1), format!("{i}"), raw.get(*i as usize).map_or("-".into(), |x| x.to_string()), format!("{s:.4}")])
+        .map(|(r, (i, s))| {
+            vec![
+                format!("{}", r + 1),
+                format!("{i}"),
+                raw.get(*i as usize).map_or("-".into(), |x| x.to_string()),
+                format!("{s:.4}"),
+            ]
+        })
         .collect();
     println!("top {} for user {} ({})", list.len(), a.user, rc.backend);
     print!("{}", render(&["rank", "item", "raw id", "score"], &rows));

@@ -26,11 +26,17 @@ pub struct Metrics {
 impl Metrics {
     /// Recall at cut-off `k` (NaN when `k` was not computed).
     pub fn recall(&self, k: usize) -> f64 {
-        self.at.iter().find(|a| a.k == k).map_or(f64::NAN, |a| a.recall)
+        self.at
+            .iter()
+            .find(|a| a.k == k)
+            .map_or(f64::NAN, |a| a.recall)
     }
     /// NDCG at cut-off `k` (NaN when `k` was not computed).
     pub fn ndcg(&self, k: usize) -> f64 {
-        self.at.iter().find(|a| a.k == k).map_or(f64::NAN, |a| a.ndcg)
+        self.at
+            .iter()
+            .find(|a| a.k == k)
+            .map_or(f64::NAN, |a| a.ndcg)
     }
 }
 
@@ -46,7 +52,12 @@ pub struct MetricsAcc {
 impl MetricsAcc {
     /// For cut-offs `ks`.
     pub fn new(ks: &[usize]) -> Self {
-        MetricsAcc { ks: ks.to_vec(), recall: vec![0.0; ks.len()], ndcg: vec![0.0; ks.len()], users: 0 }
+        MetricsAcc {
+            ks: ks.to_vec(),
+            recall: vec![0.0; ks.len()],
+            ndcg: vec![0.0; ks.len()],
+            users: 0,
+        }
     }
 
     /// Add one user: `ranked` best first (padding `u32::MAX` ignored), `truth` sorted.
@@ -64,7 +75,9 @@ impl MetricsAcc {
                     dcg += 1.0 / ((pos + 2) as f64).log2();
                 }
             }
-            let idcg: f64 = (0..truth.len().min(k)).map(|p| 1.0 / ((p + 2) as f64).log2()).sum();
+            let idcg: f64 = (0..truth.len().min(k))
+                .map(|p| 1.0 / ((p + 2) as f64).log2())
+                .sum();
             self.recall[q] += hits as f64 / truth.len() as f64;
             self.ndcg[q] += dcg / idcg;
         }
@@ -83,7 +96,16 @@ impl MetricsAcc {
     pub fn finish(&self) -> Metrics {
         let n = self.users.max(1) as f64;
         Metrics {
-            at: self.ks.iter().enumerate().map(|(q, &k)| AtK { k, recall: self.recall[q] / n, ndcg: self.ndcg[q] / n }).collect(),
+            at: self
+                .ks
+                .iter()
+                .enumerate()
+                .map(|(q, &k)| AtK {
+                    k,
+                    recall: self.recall[q] / n,
+                    ndcg: self.ndcg[q] / n,
+                })
+                .collect(),
             users: self.users,
         }
     }

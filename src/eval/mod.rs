@@ -12,7 +12,9 @@ use crate::kernels::cpu::Isa;
 /// Users evaluated on `split`: those with at least one interaction in it.
 pub fn eval_users(ds: &Dataset, split: Split) -> Vec<u32> {
     let m = ds.split(split);
-    (0..ds.n_users() as u32).filter(|&u| m.row_len(u as usize) > 0).collect()
+    (0..ds.n_users() as u32)
+        .filter(|&u| m.row_len(u as usize) > 0)
+        .collect()
 }
 
 /// The masks for evaluating on `split`: train for valid; train and valid for test.
@@ -27,7 +29,14 @@ pub fn masks_for(ds: &Dataset, split: Split) -> Vec<crate::data::CsrView<'_>> {
 /// Evaluate queries (one row of width `d` per user in `users`) against `items`
 /// (`n_items x d`) on `split` at cut-offs `ks`. Works in user blocks so memory stays
 /// independent of users x items.
-pub fn evaluate_queries(ds: &Dataset, split: Split, users: &[u32], queries: &[f32], items: &PackedItems, ks: &[usize]) -> Metrics {
+pub fn evaluate_queries(
+    ds: &Dataset,
+    split: Split,
+    users: &[u32],
+    queries: &[f32],
+    items: &PackedItems,
+    ks: &[usize],
+) -> Metrics {
     let kmax = ks.iter().copied().max().unwrap_or(20).min(ds.n_items());
     let masks = masks_for(ds, split);
     let truth = ds.split(split);
@@ -40,7 +49,14 @@ pub fn evaluate_queries(ds: &Dataset, split: Split, users: &[u32], queries: &[f3
 }
 
 /// Evaluate user/item embedding tables (inner-product scores) on `split`.
-pub fn evaluate_embeddings(ds: &Dataset, split: Split, user_emb: &[f32], item_emb: &[f32], d: usize, ks: &[usize]) -> Metrics {
+pub fn evaluate_embeddings(
+    ds: &Dataset,
+    split: Split,
+    user_emb: &[f32],
+    item_emb: &[f32],
+    d: usize,
+    ks: &[usize],
+) -> Metrics {
     let users = eval_users(ds, split);
     let mut q = vec![0f32; users.len() * d];
     crate::kernels::cpu::elementwise::gather_rows(user_emb, d, &users, &mut q);

@@ -40,7 +40,13 @@ pub struct Meta {
 }
 
 /// Write tensors atomically.
-pub fn write(path: &Path, kind: &str, dataset: &str, config: serde_json::Value, tensors: &[(&str, usize, usize, &[f32])]) -> Result<()> {
+pub fn write(
+    path: &Path,
+    kind: &str,
+    dataset: &str,
+    config: serde_json::Value,
+    tensors: &[(&str, usize, usize, &[f32])],
+) -> Result<()> {
     let mut h = crc32fast::Hasher::new();
     for t in tensors {
         assert_eq!(t.3.len(), t.1 * t.2, "tensor {} has the wrong size", t.0);
@@ -53,10 +59,21 @@ pub fn write(path: &Path, kind: &str, dataset: &str, config: serde_json::Value, 
         let mut off = base;
         let mut infos = Vec::new();
         for t in tensors {
-            infos.push(TensorInfo { name: t.0.to_string(), rows: t.1, cols: t.2, offset: off });
+            infos.push(TensorInfo {
+                name: t.0.to_string(),
+                rows: t.1,
+                cols: t.2,
+                offset: off,
+            });
             off = (off + t.3.len() * 4).div_ceil(64) * 64;
         }
-        let meta = Meta { kind: kind.into(), dataset: dataset.into(), config: config.clone(), tensors: infos.clone(), crc32: crc };
+        let meta = Meta {
+            kind: kind.into(),
+            dataset: dataset.into(),
+            config: config.clone(),
+            tensors: infos.clone(),
+            crc32: crc,
+        };
         let mb = serde_json::to_vec(&meta)?;
         if 16 + mb.len() <= base {
             break (mb, infos);
@@ -88,7 +105,8 @@ pub struct TensorFile {
 impl TensorFile {
     /// Open and validate (magic, version, bounds, checksum).
     pub fn open(path: &Path) -> Result<Self> {
-        let f = std::fs::File::open(path).with_context(|| format!("cannot open checkpoint {}", path.display()))?;
+        let f = std::fs::File::open(path)
+            .with_context(|| format!("cannot open checkpoint {}", path.display()))?;
         // SAFETY: read-only mapping of a file ddrm only replaces by rename.
         let mmap = unsafe { memmap2::Mmap::map(&f) }?;
         let ctx = || format!("invalid checkpoint {}", path.display());
@@ -97,7 +115,10 @@ impl TensorFile {
         }
         let ver = u32::from_le_bytes(mmap[8..12].try_into().unwrap());
         if ver != VERSION {
-            bail!("{}: checkpoint version {ver}, this ddrm reads version {VERSION}", ctx());
+            bail!(
+                "{}: checkpoint version {ver}, this ddrm reads version {VERSION}",
+                ctx()
+            );
         }
         let ml = u32::from_le_bytes(mmap[12..16].try_into().unwrap()) as usize;
         if 16 + ml > mmap.len() {
@@ -106,10 +127,18 @@ impl TensorFile {
         let meta: Meta = serde_json::from_slice(&mmap[16..16 + ml]).with_context(ctx)?;
         let mut h = crc32fast::Hasher::new();
         for t in &meta.tensors {
-            let end = t.rows.checked_mul(t.cols).and_then(|n| n.checked_mul(4)).and_then(|n| n.checked_add(t.offset));
+            let end = t
+                .rows
+                .checked_mul(t.cols)
+                .and_then(|n| n.checked_mul(4))
+                .and_then(|n| n.checked_add(t.offset));
             match end {
                 Some(e) if e <= mmap.len() && t.offset % 64 == 0 => h.update(&mmap[t.offset..e]),
-                _ => bail!("{}: tensor {} lies outside the file (truncated?)", ctx(), t.name),
+                _ => bail!(
+                    "{}: tensor {} lies outside the file (truncated?)",
+                    ctx(),
+                    t.name
+                ),
             }
         }
         if h.finalize() != meta.crc32 {
@@ -120,7 +149,12 @@ impl TensorFile {
 
     /// A tensor by name: (data, rows, cols).
     pub fn get(&self, name: &str) -> Result<(&[f32], usize, usize)> {
-        let t = self.meta.tensors.iter().find(|t| t.name == name).with_context(|| format!("checkpoint has no tensor '{name}'"))?;
+        let t = self
+            .meta
+            .tensors
+            .iter()
+            .find(|t| t.name == name)
+            .with_context(|| format!("checkpoint has no tensor '{name}'"))?;
         let bytes = &self.mmap[t.offset..t.offset + t.rows * t.cols * 4];
         Ok((bytemuck::cast_slice(bytes), t.rows, t.cols))
     }

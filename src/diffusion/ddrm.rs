@@ -1,0 +1,519 @@
+//! DDRM (Algorithms 1 and 2): two denoisers trained on a frozen backend's embeddings with
+//! λ·BPR + (1 − λ)·reconstruction, reweighted by σ(ŝ(u,i))^γ; inference from the mean of a
+//! user's liked items, T' reverse posterior-mean steps with the item denoiser, rounding by the
+//! fused top-K kernel.
+
+use super::denoiser::{Denoiser, DenoiserCache, DenoiserGrad};
+use super::schedule::{Schedule, ScheduleKind};
+use crate::backends::sampler::sample_epoch;
+use crate::data::{Dataset, Split};
+use crate::eval::{eval_users, evaluate_queries, Metrics};
+use crate::kernels::cpu::elementwise::{gather_rows, row_dots, sigmoid};
+use crate::kernels::cpu::topk::PackedItems;
+use crate::kernels::cpu::Act;
+use crate::nn::{loss, Adam, AdamConfig};
+use crate::util::progress;
+use crate::util::rng::Rng;
+use anyhow::{bail, Result};
+use serde::{Deserialize, Serialize};
+use std::time::Instant;
+
+/// Where inference starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Inference {
+    /// Mean of the user's liked items, noised to step T, then T' reverse steps (the paper).
+    Mean,
+    /// Pure Gaussian noise, then T' reverse steps (ablation).
+    Noise,
+    /// The mean of the user's liked items, no reverse steps (isolates the start point).
+    StartOnly,
+}
+
+/// DDRM hyper-parameters.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct DdrmConfig {
+    /// Diffusion steps T (training).
+    pub steps: usize,
+    /// Reverse steps T' at inference (step index clamped to T).
+    pub inference_steps: usize,
+    /// Schedule family.
+    pub schedule: ScheduleKind,
+    /// Noise scale s.
+    pub noise_scale: f64,
+    /// α_min.
+    pub noise_min: f64,
+    /// α_max.
+    pub noise_max: f64,
+    /// λ: weight of BPR (1 − λ on reconstruction).
+    pub lambda: f32,
+    /// γ: reweighting exponent (0 = no reweighting).
+    pub gamma: f32,
+    /// Denoiser hidden widths, e.g. [1000, 100, 1000] (= d2, d1, d2).
+    pub hidden: Vec<usize>,
+    /// Activation between denoiser layers.
+    pub act: Act,
+    /// Step-encoding width.
+    pub step_dim: usize,
+    /// Dropout on the noisy input during training.
+    pub dropout: f32,
+    /// Adam learning rate.
+    pub lr: f32,
+    /// Adam weight decay.
+    pub weight_decay: f32,
+    /// Batch size.
+    pub batch: usize,
+    /// Maximum epochs.
+    pub epochs: usize,
+    /// Validate every N epochs.
+    pub eval_every: usize,
+    /// Validations without improvement before stopping.
+    pub patience: usize,
+    /// Seed.
+    pub seed: u64,
+    /// Inference start.
+    pub inference: Inference,
+    /// Noise the start point with fresh noise at inference (the authors' code does).
+    pub noise_start: bool,
+    /// Dynamic noise: scale each embedding's noise by its RMS.
+    pub dynamic_noise: bool,
+    /// Denoise items only (the user embedding enters BPR un-denoised).
+    pub item_only: bool,
+    /// LightGCN layers to propagate the backend's embeddings through first (the authors' MF recipe: 4).
+    pub propagate: usize,
+    /// Cut-offs reported.
+    pub ks: Vec<usize>,
+}
+
+impl DdrmConfig {
+    /// Check ranges; errors name the option.
+    pub fn validate(&self) -> Result<()> {
+        if self.steps == 0 || self.inference_steps == 0 {
+            bail!("--steps and --inference-steps must be at least 1");
+        }
+        if !(0.0..=1.0).contains(&self.lambda) {
+            bail!("--lambda must be in [0, 1]");
+        }
+        if !(self.gamma >= 0.0 && self.gamma.is_finite()) {
+            bail!("--gamma must be a finite number >= 0");
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            bail!("--dropout must be in [0, 1)");
+        }
+        if self.batch == 0 || self.epochs == 0 || self.step_dim == 0 {
+            bail!("--batch, --epochs and --step-dim must be at least 1");
+        }
+        if self.hidden.contains(&0) {
+            bail!("--hidden widths must be positive");
+        }
+        if !(self.lr > 0.0 && self.lr.is_finite()) {
+            bail!("--lr must be positive");
+        }
+        Schedule::new(
+            self.schedule,
+            self.steps,
+            self.noise_scale,
+            self.noise_min,
+            self.noise_max,
+        )?;
+        Ok(())
+    }
+}
+
+/// A trained (or training) DDRM on top of fixed backend embeddings.
+pub struct Ddrm {
+    /// Configuration.
+    pub cfg: DdrmConfig,
+    /// Schedule.
+    pub schedule: Schedule,
+    /// User denoiser f_θ (condition: the positive item's embedding).
+    pub user_dn: Denoiser,
+    /// Item denoiser f_ψ (condition: the user's embedding).
+    pub item_dn: Denoiser,
+    /// Backend embeddings `(U + I) x d` (frozen).
+    pub emb: Vec<f32>,
+    n_users: usize,
+    d: usize,
+}
+
+/// Per-epoch record.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DdrmRecord {
+    /// Epoch.
+    pub epoch: usize,
+    /// Mean weighted total loss.
+    pub loss: f64,
+    /// Mean BPR part (unweighted).
+    pub bpr: f64,
+    /// Mean reconstruction part (unweighted).
+    pub recon: f64,
+    /// Seconds of training in the epoch.
+    pub train_seconds: f64,
+    /// Achieved GFLOP/s of the denoiser work in the epoch.
+    pub gflops: f64,
+    /// Valid metrics.
+    pub valid: Metrics,
+}
+
+struct Work {
+    ucache: DenoiserCache,
+    icache: DenoiserCache,
+    ugrad: DenoiserGrad,
+    igrad: DenoiserGrad,
+}
+
+impl Ddrm {
+    /// A fresh DDRM over backend embeddings `emb` (`(U + I) x d`).
+    pub fn new(cfg: DdrmConfig, emb: Vec<f32>, n_users: usize, d: usize) -> Result<Self> {
+        cfg.validate()?;
+        let schedule = Schedule::new(
+            cfg.schedule,
+            cfg.steps,
+            cfg.noise_scale,
+            cfg.noise_min,
+            cfg.noise_max,
+        )?;
+        let mut rng = Rng::stream(cfg.seed, 0xDD);
+        let user_dn = Denoiser::new(d, cfg.step_dim, &cfg.hidden, cfg.act, cfg.dropout, &mut rng);
+        let item_dn = Denoiser::new(d, cfg.step_dim, &cfg.hidden, cfg.act, cfg.dropout, &mut rng);
+        Ok(Ddrm {
+            cfg,
+            schedule,
+            user_dn,
+            item_dn,
+            emb,
+            n_users,
+            d,
+        })
+    }
+
+    /// FLOPs of one training sample (forward + backward of both denoisers).
+    pub fn flops_per_sample(&self) -> f64 {
+        let dn = if self.cfg.item_only { 1.0 } else { 2.0 };
+        dn * 6.0 * self.item_dn.macs() as f64
+    }
+
+    fn noise_into(&self, e0: &[f32], steps: &[usize], eps: &[f32], out: &mut [f32]) {
+        let d = self.d;
+        for (r, &t) in steps.iter().enumerate() {
+            let (a, b) = self.schedule.q_coefs(t);
+            let row = &e0[r * d..(r + 1) * d];
+            let scale = if self.cfg.dynamic_noise {
+                (row.iter().map(|v| v * v).sum::<f32>() / d as f32).sqrt()
+            } else {
+                1.0
+            };
+            for j in 0..d {
+                out[r * d + j] = a * row[j] + b * scale * eps[r * d + j];
+            }
+        }
+    }
+
+    /// One optimizer step on a batch. Returns (weighted loss, bpr, recon) means.
+    fn train_batch(
+        &mut self,
+        users: &[u32],
+        pos: &[u32],
+        neg: &[u32],
+        rng: &mut Rng,
+        opt: &mut [Adam; 2],
+        wk: &mut Work,
+    ) -> (f64, f64, f64) {
+        let (d, n) = (self.d, users.len());
+        let nu = self.n_users as u32;
+        let pos_n: Vec<u32> = pos.iter().map(|&i| i + nu).collect();
+        let neg_n: Vec<u32> = neg.iter().map(|&i| i + nu).collect();
+        let (mut eu, mut ei, mut ej) = (vec![0f32; n * d], vec![0f32; n * d], vec![0f32; n * d]);
+        gather_rows(&self.emb, d, users, &mut eu);
+        gather_rows(&self.emb, d, &pos_n, &mut ei);
+        gather_rows(&self.emb, d, &neg_n, &mut ej);
+        let steps: Vec<usize> = (0..n).map(|_| rng.index(self.cfg.steps)).collect();
+        let stepf: Vec<f32> = steps.iter().map(|&t| t as f32).collect();
+        let mut eps = vec![0f32; n * d];
+        let (mut xu, mut xi) = (vec![0f32; n * d], vec![0f32; n * d]);
+        rng.fill_normal(&mut eps, 1.0);
+        self.noise_into(&eu, &steps, &eps, &mut xu);
+        rng.fill_normal(&mut eps, 1.0);
+        self.noise_into(&ei, &steps, &eps, &mut xi);
+        let hat_u: Vec<f32> = if self.cfg.item_only {
+            eu.clone()
+        } else {
+            self.user_dn
+                .forward(&xu, &stepf, &ei, n, Some(rng), &mut wk.ucache)
+                .to_vec()
+        };
+        let hat_i = self
+            .item_dn
+            .forward(&xi, &stepf, &eu, n, Some(rng), &mut wk.icache)
+            .to_vec();
+        let (mut sp, mut sn) = (vec![0f32; n], vec![0f32; n]);
+        row_dots(&hat_u, &hat_i, d, &mut sp);
+        row_dots(&hat_u, &ej, d, &mut sn);
+        let (lam, gam) = (self.cfg.lambda, self.cfg.gamma);
+        let w: Vec<f32> = sp
+            .iter()
+            .map(|&s| {
+                if gam == 0.0 {
+                    1.0
+                } else {
+                    sigmoid(s).powf(gam)
+                }
+            })
+            .collect();
+        let wb: Vec<f32> = w.iter().map(|x| x * lam).collect();
+        let wr: Vec<f32> = w.iter().map(|x| x * (1.0 - lam) * 0.5).collect();
+        let (mut dp, mut dn) = (vec![0f32; n], vec![0f32; n]);
+        let l_bpr = loss::bpr(&sp, &sn, Some(&wb), &mut dp, &mut dn);
+        let (mut dhu, mut dhi) = (vec![0f32; n * d], vec![0f32; n * d]);
+        let l_ru = loss::mse_rows(&hat_u, &eu, d, Some(&wr), &mut dhu);
+        let l_ri = loss::mse_rows(&hat_i, &ei, d, Some(&wr), &mut dhi);
+        for r in 0..n {
+            for j in 0..d {
+                dhu[r * d + j] += dp[r] * hat_i[r * d + j] + dn[r] * ej[r * d + j];
+                dhi[r * d + j] += dp[r] * hat_u[r * d + j];
+            }
+        }
+        self.item_dn
+            .backward(n, &mut wk.icache, &dhi, &mut wk.igrad, None, None);
+        opt[1].begin_step();
+        for (k, (p, g)) in self
+            .item_dn
+            .params_mut()
+            .into_iter()
+            .zip(Denoiser::grads(&wk.igrad))
+            .enumerate()
+        {
+            opt[1].update(k, p, g);
+        }
+        if !self.cfg.item_only {
+            self.user_dn
+                .backward(n, &mut wk.ucache, &dhu, &mut wk.ugrad, None, None);
+            opt[0].begin_step();
+            for (k, (p, g)) in self
+                .user_dn
+                .params_mut()
+                .into_iter()
+                .zip(Denoiser::grads(&wk.ugrad))
+                .enumerate()
+            {
+                opt[0].update(k, p, g);
+            }
+        }
+        // unweighted parts for reporting
+        let bpr_plain: f64 = sp
+            .iter()
+            .zip(&sn)
+            .map(|(p, q)| crate::kernels::cpu::elementwise::softplus(q - p) as f64)
+            .sum::<f64>()
+            / n as f64;
+        let rec_plain = {
+            let mut s = 0f64;
+            for k in 0..n * d {
+                s += ((hat_u[k] - eu[k]).powi(2) + (hat_i[k] - ei[k]).powi(2)) as f64;
+            }
+            s / (2 * n * d) as f64
+        };
+        (l_bpr + l_ru + l_ri, bpr_plain, rec_plain)
+    }
+
+    /// Query vectors (denoised item embeddings, `users.len() x d`) for `users` (Algorithm 2).
+    /// Seeded: the same seed gives the same queries.
+    pub fn infer(&self, ds: &Dataset, users: &[u32], seed: u64) -> Vec<f32> {
+        let d = self.d;
+        let nu = self.n_users;
+        let train = ds.train();
+        let mut out = vec![0f32; users.len() * d];
+        const CH: usize = 2048;
+        let mut cache = DenoiserCache::default();
+        for (c, chunk) in users.chunks(CH).enumerate() {
+            let n = chunk.len();
+            let mut mean = vec![0f32; n * d];
+            for (r, &u) in chunk.iter().enumerate() {
+                let items = train.row(u as usize);
+                let row = &mut mean[r * d..(r + 1) * d];
+                for &i in items {
+                    let e = &self.emb[(nu + i as usize) * d..(nu + i as usize + 1) * d];
+                    for j in 0..d {
+                        row[j] += e[j];
+                    }
+                }
+                if !items.is_empty() {
+                    row.iter_mut().for_each(|v| *v /= items.len() as f32);
+                }
+            }
+            let dst = &mut out[c * CH * d..(c * CH + n) * d];
+            if self.cfg.inference == Inference::StartOnly {
+                dst.copy_from_slice(&mean);
+                continue;
+            }
+            let mut ue = vec![0f32; n * d];
+            gather_rows(&self.emb, d, chunk, &mut ue);
+            let mut rng = Rng::stream(seed, 0x1F0 + c as u64);
+            let mut eps = vec![0f32; n * d];
+            let t_last = self.cfg.steps - 1;
+            let mut x = vec![0f32; n * d];
+            match self.cfg.inference {
+                Inference::Noise => rng.fill_normal(&mut x, 1.0),
+                _ if self.cfg.noise_start => {
+                    rng.fill_normal(&mut eps, 1.0);
+                    self.noise_into(&mean, &vec![t_last; n], &eps, &mut x);
+                }
+                _ => x.copy_from_slice(&mean),
+            }
+            for step in (0..self.cfg.inference_steps).rev() {
+                let t = step.min(t_last);
+                let stepf = vec![t as f32; n];
+                let x0 = self.item_dn.forward(&x, &stepf, &ue, n, None, &mut cache);
+                let (c1, c2) = self.schedule.posterior_coefs(t);
+                for k in 0..n * d {
+                    x[k] = c1 * x0[k] + c2 * x[k];
+                }
+            }
+            dst.copy_from_slice(&x);
+        }
+        out
+    }
+
+    /// Evaluate on a split: inference for every user with held-out items, then rounding by the
+    /// fused top-K kernel against the backend's item embeddings.
+    pub fn evaluate(&self, ds: &Dataset, split: Split, seed: u64) -> Metrics {
+        let users = eval_users(ds, split);
+        let q = self.infer(ds, &users, seed);
+        let items = PackedItems::new(&self.emb[self.n_users * self.d..], ds.n_items(), self.d);
+        evaluate_queries(ds, split, &users, &q, &items, &self.cfg.ks)
+    }
+
+    /// Item embeddings used for rounding.
+    pub fn item_embeddings(&self) -> &[f32] {
+        &self.emb[self.n_users * self.d..]
+    }
+}
+
+/// Result of DDRM training.
+pub struct DdrmOutcome {
+    /// Best epoch (0 = the untrained start, when no epoch beat it).
+    pub best_epoch: usize,
+    /// Valid metrics at the best epoch.
+    pub best_valid: Metrics,
+    /// Test metrics of the best epoch.
+    pub test: Metrics,
+    /// History.
+    pub history: Vec<DdrmRecord>,
+    /// Mean seconds per epoch.
+    pub epoch_seconds: f64,
+    /// Mean GFLOP/s.
+    pub gflops: f64,
+    /// Seconds of one full test inference + evaluation.
+    pub eval_seconds: f64,
+}
+
+/// Train DDRM (Algorithm 1) with validation and early stopping; restores the best epoch.
+pub fn train_ddrm(
+    model: &mut Ddrm,
+    ds: &Dataset,
+    quiet: bool,
+    mut on_record: impl FnMut(&DdrmRecord),
+) -> DdrmOutcome {
+    let cfg = model.cfg.clone();
+    let sizes = |dn: &Denoiser| -> Vec<usize> {
+        let mut v = vec![dn.step_layer.w.len(), dn.step_layer.b.len()];
+        for l in &dn.mlp.layers {
+            v.push(l.w.len());
+            v.push(l.b.len());
+        }
+        v
+    };
+    let mut acfg = AdamConfig::with_lr(cfg.lr);
+    acfg.weight_decay = cfg.weight_decay;
+    let mut opt = [
+        Adam::new(acfg, &sizes(&model.user_dn)),
+        Adam::new(acfg, &sizes(&model.item_dn)),
+    ];
+    let mut wk = Work {
+        ucache: DenoiserCache::default(),
+        icache: DenoiserCache::default(),
+        ugrad: model.user_dn.zero_grad(),
+        igrad: model.item_dn.zero_grad(),
+    };
+    let mut best: Option<(usize, Metrics, Denoiser, Denoiser)> = None;
+    let mut history = Vec::new();
+    let mut since = 0usize;
+    let (mut tsum, mut fsum, mut ne) = (0f64, 0f64, 0usize);
+    let bar = progress::bar(cfg.epochs as u64, "DDRM", quiet);
+    for epoch in 1..=cfg.epochs {
+        let t0 = Instant::now();
+        let trip = sample_epoch(&ds.train(), cfg.seed, 0xD000 + epoch as u64);
+        let mut rng = Rng::stream(cfg.seed, 0xDD00_0000 + epoch as u64);
+        let (mut l, mut lb, mut lr, mut nb) = (0f64, 0f64, 0f64, 0usize);
+        for s in (0..trip.users.len()).step_by(cfg.batch) {
+            let e = (s + cfg.batch).min(trip.users.len());
+            let (a, b, c) = model.train_batch(
+                &trip.users[s..e],
+                &trip.pos[s..e],
+                &trip.neg[s..e],
+                &mut rng,
+                &mut opt,
+                &mut wk,
+            );
+            l += a;
+            lb += b;
+            lr += c;
+            nb += 1;
+        }
+        let secs = t0.elapsed().as_secs_f64();
+        let gf = model.flops_per_sample() * trip.users.len() as f64 / secs / 1e9;
+        tsum += secs;
+        fsum += gf;
+        ne += 1;
+        bar.inc(1);
+        bar.set_prefix(format!(
+            "loss {:.4} {:.1}s/epoch {:.0} GFLOP/s",
+            l / nb as f64,
+            secs,
+            gf
+        ));
+        if epoch % cfg.eval_every == 0 || epoch == cfg.epochs {
+            let valid = model.evaluate(ds, Split::Valid, cfg.seed);
+            let nbf = nb.max(1) as f64;
+            let rec = DdrmRecord {
+                epoch,
+                loss: l / nbf,
+                bpr: lb / nbf,
+                recon: lr / nbf,
+                train_seconds: secs,
+                gflops: gf,
+                valid: valid.clone(),
+            };
+            on_record(&rec);
+            history.push(rec);
+            if best
+                .as_ref()
+                .is_none_or(|b| valid.recall(20) > b.1.recall(20))
+            {
+                best = Some((epoch, valid, model.user_dn.clone(), model.item_dn.clone()));
+                since = 0;
+            } else {
+                since += 1;
+                if since >= cfg.patience {
+                    break;
+                }
+            }
+        }
+    }
+    bar.finish_and_clear();
+    let (best_epoch, best_valid, u, i) = best.expect("at least one validation");
+    model.user_dn = u;
+    model.item_dn = i;
+    let t0 = Instant::now();
+    let test = model.evaluate(ds, Split::Test, cfg.seed);
+    let eval_seconds = t0.elapsed().as_secs_f64();
+    DdrmOutcome {
+        best_epoch,
+        best_valid,
+        test,
+        history,
+        epoch_seconds: tsum / ne.max(1) as f64,
+        gflops: fsum / ne.max(1) as f64,
+        eval_seconds,
+    }
+}

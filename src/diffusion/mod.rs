@@ -1,0 +1,6 @@
+//! DDRM, the diffusion plug-in: noise schedule, denoisers, training and inference.
+pub mod ddrm;
+pub mod denoiser;
+pub mod schedule;
+
+pub use ddrm::{Ddrm, DdrmConfig, Inference};
