@@ -2,6 +2,7 @@
 
 mod data_cmd;
 pub mod ddrm_cmd;
+pub mod reproduce;
 pub mod run_dir;
 pub mod table;
 pub mod train_cmd;
@@ -28,11 +29,13 @@ enum Command {
     #[command(subcommand)]
     Data(data_cmd::DataCommand),
     /// Train a backend (MF-BPR, LightGCN, SGL) into a run directory.
-    Train(train_cmd::TrainArgs),
+    Train(Box<train_cmd::TrainArgs>),
     /// Evaluate a run on valid or test (full ranking, seen items masked).
     Eval(train_cmd::EvalArgs),
     /// Print the top-K items for one user.
     Recommend(train_cmd::RecommendArgs),
+    /// The main job: backends and DDRM on ml1m-noisy, compared with the paper's Table 2.
+    Reproduce(reproduce::ReproduceArgs),
 }
 
 /// Parse arguments, run, and return the process exit code. Errors are printed as one clear
@@ -73,6 +76,7 @@ pub fn main() -> i32 {
         }),
         Command::Eval(a) => train_cmd::run_eval(&a),
         Command::Recommend(a) => train_cmd::run_recommend(&a),
+        Command::Reproduce(a) => reproduce::run(&a, cli.quiet),
     };
     match res {
         Ok(()) => 0,

@@ -120,6 +120,77 @@ impl DdrmConfig {
     }
 }
 
+/// The parts of the DDRM loss of a batch.
+#[derive(Clone, Copy, Debug)]
+pub struct LossParts {
+    /// L_final = mean_b w_b (λ L_bpr + (1 − λ) L_re) (Eq. 20–22).
+    pub total: f64,
+    /// Mean unweighted BPR loss.
+    pub bpr: f64,
+    /// Mean unweighted reconstruction loss (Eq. 18: mean of the user and item MSE).
+    pub recon: f64,
+}
+
+/// DDRM's loss on denoised user/positive embeddings `hat_u`, `hat_i` (rows of width `d`),
+/// targets `eu`, `ei` and un-denoised negatives `ej`: BPR on (ê_u·ê_i, ê_u·e_j), reconstruction
+/// (‖ê_u − e_u‖² + ‖ê_i − e_i‖²)/(2d), mixed by λ and weighted by w = σ(ê_u·ê_i)^γ (a constant
+/// in the gradient). Writes dL/dhat_u and dL/dhat_i.
+#[allow(clippy::too_many_arguments)]
+pub fn ddrm_loss(
+    hat_u: &[f32],
+    hat_i: &[f32],
+    eu: &[f32],
+    ei: &[f32],
+    ej: &[f32],
+    d: usize,
+    lambda: f32,
+    gamma: f32,
+    dhu: &mut [f32],
+    dhi: &mut [f32],
+) -> LossParts {
+    let n = hat_u.len() / d.max(1);
+    let (mut sp, mut sn) = (vec![0f32; n], vec![0f32; n]);
+    row_dots(hat_u, hat_i, d, &mut sp);
+    row_dots(hat_u, ej, d, &mut sn);
+    let w: Vec<f32> = sp
+        .iter()
+        .map(|&s| {
+            if gamma == 0.0 {
+                1.0
+            } else {
+                sigmoid(s).powf(gamma)
+            }
+        })
+        .collect();
+    let wb: Vec<f32> = w.iter().map(|x| x * lambda).collect();
+    let wr: Vec<f32> = w.iter().map(|x| x * (1.0 - lambda) * 0.5).collect();
+    let (mut dp, mut dn) = (vec![0f32; n], vec![0f32; n]);
+    let l_bpr = loss::bpr(&sp, &sn, Some(&wb), &mut dp, &mut dn);
+    let l_ru = loss::mse_rows(hat_u, eu, d, Some(&wr), dhu);
+    let l_ri = loss::mse_rows(hat_i, ei, d, Some(&wr), dhi);
+    for r in 0..n {
+        for j in 0..d {
+            dhu[r * d + j] += dp[r] * hat_i[r * d + j] + dn[r] * ej[r * d + j];
+            dhi[r * d + j] += dp[r] * hat_u[r * d + j];
+        }
+    }
+    let bpr = sp
+        .iter()
+        .zip(&sn)
+        .map(|(p, q)| crate::kernels::cpu::elementwise::softplus(q - p) as f64)
+        .sum::<f64>()
+        / n.max(1) as f64;
+    let mut rec = 0f64;
+    for k in 0..n * d {
+        rec += ((hat_u[k] - eu[k]).powi(2) + (hat_i[k] - ei[k]).powi(2)) as f64;
+    }
+    LossParts {
+        total: l_bpr + l_ru + l_ri,
+        bpr,
+        recon: rec / (2 * n * d).max(1) as f64,
+    }
+}
+
 /// A trained (or training) DDRM on top of fixed backend embeddings.
 pub struct Ddrm {
     /// Configuration.
@@ -231,9 +302,9 @@ impl Ddrm {
         let stepf: Vec<f32> = steps.iter().map(|&t| t as f32).collect();
         let mut eps = vec![0f32; n * d];
         let (mut xu, mut xi) = (vec![0f32; n * d], vec![0f32; n * d]);
-        rng.fill_normal(&mut eps, 1.0);
+        Rng::fill_normal_par(&mut eps, 1.0, rng.next_u64());
         self.noise_into(&eu, &steps, &eps, &mut xu);
-        rng.fill_normal(&mut eps, 1.0);
+        Rng::fill_normal_par(&mut eps, 1.0, rng.next_u64());
         self.noise_into(&ei, &steps, &eps, &mut xi);
         let hat_u: Vec<f32> = if self.cfg.item_only {
             eu.clone()
@@ -246,33 +317,19 @@ impl Ddrm {
             .item_dn
             .forward(&xi, &stepf, &eu, n, Some(rng), &mut wk.icache)
             .to_vec();
-        let (mut sp, mut sn) = (vec![0f32; n], vec![0f32; n]);
-        row_dots(&hat_u, &hat_i, d, &mut sp);
-        row_dots(&hat_u, &ej, d, &mut sn);
-        let (lam, gam) = (self.cfg.lambda, self.cfg.gamma);
-        let w: Vec<f32> = sp
-            .iter()
-            .map(|&s| {
-                if gam == 0.0 {
-                    1.0
-                } else {
-                    sigmoid(s).powf(gam)
-                }
-            })
-            .collect();
-        let wb: Vec<f32> = w.iter().map(|x| x * lam).collect();
-        let wr: Vec<f32> = w.iter().map(|x| x * (1.0 - lam) * 0.5).collect();
-        let (mut dp, mut dn) = (vec![0f32; n], vec![0f32; n]);
-        let l_bpr = loss::bpr(&sp, &sn, Some(&wb), &mut dp, &mut dn);
         let (mut dhu, mut dhi) = (vec![0f32; n * d], vec![0f32; n * d]);
-        let l_ru = loss::mse_rows(&hat_u, &eu, d, Some(&wr), &mut dhu);
-        let l_ri = loss::mse_rows(&hat_i, &ei, d, Some(&wr), &mut dhi);
-        for r in 0..n {
-            for j in 0..d {
-                dhu[r * d + j] += dp[r] * hat_i[r * d + j] + dn[r] * ej[r * d + j];
-                dhi[r * d + j] += dp[r] * hat_u[r * d + j];
-            }
-        }
+        let parts = ddrm_loss(
+            &hat_u,
+            &hat_i,
+            &eu,
+            &ei,
+            &ej,
+            d,
+            self.cfg.lambda,
+            self.cfg.gamma,
+            &mut dhu,
+            &mut dhi,
+        );
         self.item_dn
             .backward(n, &mut wk.icache, &dhi, &mut wk.igrad, None, None);
         opt[1].begin_step();
@@ -299,21 +356,7 @@ impl Ddrm {
                 opt[0].update(k, p, g);
             }
         }
-        // unweighted parts for reporting
-        let bpr_plain: f64 = sp
-            .iter()
-            .zip(&sn)
-            .map(|(p, q)| crate::kernels::cpu::elementwise::softplus(q - p) as f64)
-            .sum::<f64>()
-            / n as f64;
-        let rec_plain = {
-            let mut s = 0f64;
-            for k in 0..n * d {
-                s += ((hat_u[k] - eu[k]).powi(2) + (hat_i[k] - ei[k]).powi(2)) as f64;
-            }
-            s / (2 * n * d) as f64
-        };
-        (l_bpr + l_ru + l_ri, bpr_plain, rec_plain)
+        (parts.total, parts.bpr, parts.recon)
     }
 
     /// Query vectors (denoised item embeddings, `users.len() x d`) for `users` (Algorithm 2).
@@ -353,9 +396,9 @@ impl Ddrm {
             let t_last = self.cfg.steps - 1;
             let mut x = vec![0f32; n * d];
             match self.cfg.inference {
-                Inference::Noise => rng.fill_normal(&mut x, 1.0),
+                Inference::Noise => Rng::fill_normal_par(&mut x, 1.0, rng.next_u64()),
                 _ if self.cfg.noise_start => {
-                    rng.fill_normal(&mut eps, 1.0);
+                    Rng::fill_normal_par(&mut eps, 1.0, rng.next_u64());
                     self.noise_into(&mean, &vec![t_last; n], &eps, &mut x);
                 }
                 _ => x.copy_from_slice(&mean),

@@ -30,6 +30,8 @@ pub struct DenoiserCache {
     mask: Vec<f32>,
     mlp: MlpCache,
     dinput: Vec<f32>,
+    /// Encodings of steps 0..table_len (steps are small integers: computed once).
+    enc_table: Vec<f32>,
 }
 
 /// Gradients of a [`Denoiser`].
@@ -83,7 +85,7 @@ impl Denoiser {
     }
 
     /// Gradient tensors in the order of [`Self::params_mut`].
-    pub fn grads<'a>(g: &'a DenoiserGrad) -> Vec<&'a [f32]> {
+    pub fn grads(g: &DenoiserGrad) -> Vec<&[f32]> {
         let mut v: Vec<&[f32]> = vec![&g.step.w, &g.step.b];
         for l in &g.mlp {
             v.push(&l.w);
@@ -111,7 +113,24 @@ impl Denoiser {
         let (d, sd) = (self.d, self.step_dim);
         let w = 2 * d + sd;
         cache.enc.resize(n * sd, 0.0);
-        timestep_encoding(steps, sd, &mut cache.enc);
+        let integral = steps
+            .iter()
+            .all(|&t| t >= 0.0 && t.fract() == 0.0 && t < 4096.0);
+        if integral {
+            let need = steps.iter().fold(0.0f32, |a, &b| a.max(b)) as usize + 1;
+            if cache.enc_table.len() < need * sd {
+                let all: Vec<f32> = (0..need).map(|t| t as f32).collect();
+                cache.enc_table.resize(need * sd, 0.0);
+                timestep_encoding(&all, sd, &mut cache.enc_table);
+            }
+            for (r, &t) in steps.iter().enumerate() {
+                let t = t as usize;
+                cache.enc[r * sd..(r + 1) * sd]
+                    .copy_from_slice(&cache.enc_table[t * sd..(t + 1) * sd]);
+            }
+        } else {
+            timestep_encoding(steps, sd, &mut cache.enc);
+        }
         cache.temb.resize(n * sd, 0.0);
         self.step_layer
             .forward(&cache.enc, n, Act::None, &mut cache.temb);

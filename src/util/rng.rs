@@ -114,6 +114,15 @@ impl Rng {
         }
     }
 
+    /// Fill `out` with N(0, std^2) samples in parallel, chunk `k` drawn from
+    /// `Rng::stream(seed, k)`: deterministic whatever the thread count.
+    pub fn fill_normal_par(out: &mut [f32], std: f32, seed: u64) {
+        use rayon::prelude::*;
+        out.par_chunks_mut(4096)
+            .enumerate()
+            .for_each(|(k, c)| Rng::stream(seed, k as u64).fill_normal(c, std));
+    }
+
     /// Fisher–Yates shuffle.
     pub fn shuffle<T>(&mut self, xs: &mut [T]) {
         for i in (1..xs.len()).rev() {
