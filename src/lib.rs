@@ -18,3 +18,4 @@ pub mod eval;
 pub mod kernels;
 pub mod nn;
 pub mod util;
+pub mod bench;

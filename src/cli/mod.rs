@@ -1,5 +1,6 @@
 //! The `ddrm` command line (a thin layer over the library).
 
+mod bench_cmd;
 mod data_cmd;
 pub mod ddrm_cmd;
 pub mod reproduce;
@@ -36,6 +37,8 @@ enum Command {
     Recommend(train_cmd::RecommendArgs),
     /// The main job: backends and DDRM on ml1m-noisy, compared with the paper's Table 2.
     Reproduce(reproduce::ReproduceArgs),
+    /// Throughput profiling against the machine's limits and framework baselines.
+    Bench(bench_cmd::BenchArgs),
 }
 
 /// Parse arguments, run, and return the process exit code. Errors are printed as one clear
@@ -77,6 +80,7 @@ pub fn main() -> i32 {
         Command::Eval(a) => train_cmd::run_eval(&a),
         Command::Recommend(a) => train_cmd::run_recommend(&a),
         Command::Reproduce(a) => reproduce::run(&a, cli.quiet),
+        Command::Bench(a) => bench_cmd::run(&a, cli.quiet),
     };
     match res {
         Ok(()) => 0,

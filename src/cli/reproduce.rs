@@ -42,7 +42,7 @@ pub struct ReproduceArgs {
     #[arg(long, default_value = "runs/reproduce")]
     pub out: PathBuf,
     /// DDRM hyper-parameters.
-    #[arg(long, value_enum, default_value_t = Recipe::Authors)]
+    #[arg(long, value_enum, default_value_t = Recipe::Paper)]
     pub recipe: Recipe,
     /// Override the backends' maximum epochs.
     #[arg(long)]
@@ -94,7 +94,7 @@ fn backend_args(b: Backend, a: &ReproduceArgs, out: PathBuf) -> TrainArgs {
     let (lr, batch, epochs, layers) = match b {
         Backend::Mf => (1e-3, 2048, 60, 0),
         Backend::Lightgcn => (5e-3, 8192, 60, 3),
-        Backend::Sgl => (5e-3, 8192, 40, 3),
+        Backend::Sgl => (5e-3, 8192, 30, 3),
     };
     TrainArgs {
         model: Some(b),

@@ -92,22 +92,25 @@ pub fn infonce(a: &[f32], b: &[f32], d: usize, tau: f32, da: &mut [f32], db: &mu
     // S = Â · B̂ᵀ / τ
     let mut s = vec![0f32; n * n];
     gemm(false, true, n, n, d, 1.0 / tau, &ah, &bh, 0.0, &mut s);
-    let mut loss = 0f64;
-    // P = softmax rows of S; dL/dS = (P − I) / n
-    for i in 0..n {
-        let row = &mut s[i * n..(i + 1) * n];
-        let mx = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-        let mut z = 0f64;
-        for v in row.iter() {
-            z += ((*v - mx) as f64).exp();
-        }
-        let lse = mx as f64 + z.ln();
-        loss += lse - row[i] as f64;
-        for v in row.iter_mut() {
-            *v = (((*v - mx) as f64).exp() / z) as f32 / n as f32;
-        }
-        row[i] -= 1.0 / n as f32;
-    }
+    // P = softmax rows of S; dL/dS = (P − I) / n  (rows in parallel, SIMD exp)
+    use rayon::prelude::*;
+    // per-row losses summed in a fixed order (deterministic whatever the threads)
+    let per_row: Vec<f64> = s
+        .par_chunks_mut(n)
+        .enumerate()
+        .map(|(i, row)| {
+            let diag = row[i];
+            let mx = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+            row.iter_mut().for_each(|v| *v -= mx);
+            crate::kernels::cpu::elementwise::exp_inplace(row);
+            let z: f64 = row.iter().map(|&v| v as f64).sum();
+            let inv = (1.0 / (z * n as f64)) as f32;
+            row.iter_mut().for_each(|v| *v *= inv);
+            row[i] -= 1.0 / n as f32;
+            mx as f64 + z.ln() - diag as f64
+        })
+        .collect();
+    let loss: f64 = per_row.iter().sum();
     // dÂ = dS · B̂ / τ ; dB̂ = dSᵀ · Â / τ
     let mut dah = vec![0f32; n * d];
     let mut dbh = vec![0f32; n * d];

@@ -1,0 +1,152 @@
+//! `ddrm bench SUITE`.
+
+use super::table::render;
+use crate::bench::{self, Ctx, Row};
+use anyhow::{bail, Result};
+use clap::{Args, ValueEnum};
+use std::path::PathBuf;
+
+/// Benchmark suites.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Suite {
+    /// GEMM at model shapes, SpMM, fused top-K, element-wise.
+    Kernels,
+    /// One training epoch of MF, LightGCN, SGL and DDRM.
+    Epoch,
+    /// Full-ranking evaluation and DDRM inference.
+    Eval,
+    /// Epoch and evaluation time as the Amazon-book-shaped synthetic data grows.
+    Scale,
+}
+
+/// Options of `ddrm bench`.
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// Suite to run.
+    #[arg(value_enum)]
+    pub suite: Suite,
+    /// Dataset (name or path) for kernels/epoch/eval.
+    #[arg(long, default_value = "ml1m-noisy")]
+    pub dataset: String,
+    /// Device.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Timed repetitions per row.
+    #[arg(long, default_value_t = 5)]
+    pub reps: usize,
+    /// Frameworks to compare with: numpy, scipy, faiss, torch (comma separated).
+    #[arg(long, value_delimiter = ',')]
+    pub vs: Vec<String>,
+    /// Python interpreter for the reference script.
+    #[arg(long, default_value = "python3")]
+    pub python: String,
+    /// Scale fractions of the Amazon-book shape (scale suite).
+    #[arg(long, value_delimiter = ',', default_value = "0.125,0.25,0.5,1")]
+    pub fractions: Vec<f64>,
+    /// Output directory for JSON lines and plots.
+    #[arg(long, default_value = "runs/bench")]
+    pub out: PathBuf,
+    /// Print JSON lines instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Run a suite.
+pub fn run(a: &BenchArgs, quiet: bool) -> Result<()> {
+    match a.device.as_str() {
+        "cpu" => {}
+        "cuda" => bail!("--device cuda: the CUDA path is not built yet in this ddrm (see README, 'CUDA'); use --device cpu"),
+        other => bail!("unknown --device '{other}' (cpu or cuda)"),
+    }
+    if a.reps == 0 {
+        bail!("--reps must be at least 1");
+    }
+    for v in &a.vs {
+        if !["numpy", "scipy", "faiss", "torch"].contains(&v.as_str()) {
+            bail!("unknown framework '{v}' in --vs (numpy, scipy, faiss, torch)");
+        }
+    }
+    if a.fractions.iter().any(|f| !(*f > 0.0 && *f <= 4.0)) {
+        bail!("--fractions must be in (0, 4]");
+    }
+    let mut vs = a.vs.clone();
+    if !vs.is_empty() && !bench::python_available(&a.python) {
+        eprintln!("note: {} not found: running ddrm alone (no --vs comparison)", a.python);
+        vs.clear();
+    }
+    if !quiet {
+        eprintln!("measuring machine limits (FMA peak, memory bandwidth)...");
+    }
+    let limits = bench::measure_limits();
+    let ctx = Ctx { reps: a.reps, vs, limits, python: a.python.clone(), quiet };
+    let rows: Vec<Row> = match a.suite {
+        Suite::Kernels => bench::kernels(&ctx, &crate::data::open(&a.dataset)?)?,
+        Suite::Epoch => bench::epoch(&ctx, &crate::data::open(&a.dataset)?)?,
+        Suite::Eval => bench::eval(&ctx, &crate::data::open(&a.dataset)?)?,
+        Suite::Scale => bench::scale(&ctx, &a.fractions, &a.out)?,
+    };
+    std::fs::create_dir_all(&a.out)?;
+    let mut jl = String::new();
+    for r in &rows {
+        jl += &serde_json::to_string(r)?;
+        jl.push('\n');
+    }
+    let name = format!("{:?}.jsonl", a.suite).to_lowercase();
+    crate::util::atomic::write_atomic(&a.out.join(&name), jl.as_bytes())?;
+    if a.json {
+        print!("{jl}");
+        return Ok(());
+    }
+    println!(
+        "machine: {} threads, FMA peak {:.0} GFLOP/s, read bandwidth {:.1} GB/s, ISA {}",
+        limits.threads,
+        limits.fma_gflops,
+        limits.bandwidth_gbs,
+        crate::kernels::cpu::Isa::detect().name()
+    );
+    let mut fws: Vec<String> = Vec::new();
+    for r in &rows {
+        for v in &r.vs {
+            if !fws.contains(&v.0) {
+                fws.push(v.0.clone());
+            }
+        }
+    }
+    let mut header: Vec<String> = ["op", "shape", "median ms", "min-max ms", "throughput", "of limit"].iter().map(|s| s.to_string()).collect();
+    for f in &fws {
+        header.push(format!("{f} ms (ratio)"));
+    }
+    let trows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            let mut v = vec![
+                r.name.clone(),
+                r.shape.clone(),
+                format!("{:.2}", r.ddrm.median_ms),
+                format!("{:.2}-{:.2}", r.ddrm.min_ms, r.ddrm.max_ms),
+                format!("{:.3e} {}", r.throughput, r.unit),
+                r.frac_of_limit.map_or("-".into(), |f| format!("{:.0}%", 100.0 * f)),
+            ];
+            for f in &fws {
+                v.push(match r.vs.iter().find(|x| &x.0 == f) {
+                    Some((_, Some(ms), Some(ratio), _)) => format!("{ms:.2} ({ratio:.2}x)"),
+                    Some((_, _, _, note)) if !note.is_empty() => "missing".to_string(),
+                    _ => "-".into(),
+                });
+            }
+            v
+        })
+        .collect();
+    let hdr: Vec<&str> = header.iter().map(|s| s.as_str()).collect();
+    print!("{}", render(&hdr, &trows));
+    for r in &rows {
+        for (f, _, _, note) in &r.vs {
+            if !note.is_empty() {
+                println!("note: {f}: {note}");
+                break;
+            }
+        }
+    }
+    println!("ratio = framework time / ddrm time (> 1: ddrm faster). JSON lines: {}", a.out.join(&name).display());
+    Ok(())
+}
