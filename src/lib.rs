@@ -11,6 +11,7 @@
 #![allow(clippy::needless_range_loop)]
 
 pub mod backends;
+pub mod bench;
 pub mod cli;
 pub mod data;
 pub mod diffusion;
@@ -18,4 +19,3 @@ pub mod eval;
 pub mod kernels;
 pub mod nn;
 pub mod util;
-pub mod bench;

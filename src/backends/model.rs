@@ -84,6 +84,7 @@ pub struct Model {
     fin: Vec<f32>,
     grad: Vec<f32>,
     layer_bufs: Vec<Vec<f32>>,
+    slot: Vec<u32>, // MF: node -> row in the compact gradient (u32::MAX when untouched)
 }
 
 /// Loss parts of one batch.
@@ -133,6 +134,7 @@ impl Model {
             fin: vec![0.0; n],
             grad: vec![0.0; n],
             layer_bufs: vec![],
+            slot: vec![],
         }
     }
 
@@ -244,19 +246,29 @@ impl Model {
         let b = users.len();
         let nu = self.n_users as u32;
         let mut fin = std::mem::take(&mut self.fin);
-        self.compute_final_into(&mut fin);
+        let is_mf = self.cfg.backend == Backend::Mf;
+        if !is_mf {
+            self.compute_final_into(&mut fin);
+        }
         let pos_n: Vec<u32> = pos.iter().map(|&i| i + nu).collect();
         let neg_n: Vec<u32> = neg.iter().map(|&i| i + nu).collect();
         let (mut eu, mut ei, mut ej) = (vec![0f32; b * d], vec![0f32; b * d], vec![0f32; b * d]);
-        gather_rows(&fin, d, users, &mut eu);
-        gather_rows(&fin, d, &pos_n, &mut ei);
-        gather_rows(&fin, d, &neg_n, &mut ej);
+        {
+            let src: &[f32] = if is_mf { &self.ego } else { &fin };
+            gather_rows(src, d, users, &mut eu);
+            gather_rows(src, d, &pos_n, &mut ei);
+            gather_rows(src, d, &neg_n, &mut ej);
+        }
         let (mut sp, mut sn) = (vec![0f32; b], vec![0f32; b]);
         row_dots(&eu, &ei, d, &mut sp);
         row_dots(&eu, &ej, d, &mut sn);
         let (mut dp, mut dn) = (vec![0f32; b], vec![0f32; b]);
         let bpr = loss::bpr(&sp, &sn, None, &mut dp, &mut dn);
         // gradient w.r.t. final embeddings (dense, mostly zero)
+        if self.cfg.backend == Backend::Mf {
+            self.fin = fin;
+            return self.mf_sparse_step(users, &pos_n, &neg_n, &eu, &ei, &ej, &dp, &dn, bpr);
+        }
         let mut g = std::mem::take(&mut self.grad);
         g.iter_mut().for_each(|v| *v = 0.0);
         for k in 0..b {
@@ -306,6 +318,72 @@ impl Model {
             bpr,
             reg: reg * self.cfg.reg as f64 / b as f64,
             ssl,
+        }
+    }
+
+    /// MF: the gradient touches only the batch's rows, so the update is sparse (lazy Adam on
+    /// those rows); an epoch costs O(interactions), not O(batches x table).
+    #[allow(clippy::too_many_arguments)]
+    fn mf_sparse_step(
+        &mut self,
+        users: &[u32],
+        pos_n: &[u32],
+        neg_n: &[u32],
+        eu: &[f32],
+        ei: &[f32],
+        ej: &[f32],
+        dp: &[f32],
+        dn: &[f32],
+        bpr: f64,
+    ) -> BatchLoss {
+        let d = self.cfg.dim;
+        let b = users.len();
+        let n_nodes = self.n_users + self.n_items;
+        if self.slot.len() != n_nodes {
+            self.slot = vec![u32::MAX; n_nodes];
+        }
+        let mut rows: Vec<u32> = Vec::with_capacity(3 * b);
+        for &node in users.iter().chain(pos_n).chain(neg_n) {
+            if self.slot[node as usize] == u32::MAX {
+                self.slot[node as usize] = 0;
+                rows.push(node);
+            }
+        }
+        rows.sort_unstable();
+        for (k, &r) in rows.iter().enumerate() {
+            self.slot[r as usize] = k as u32;
+        }
+        let mut g = vec![0f32; rows.len() * d];
+        let rc = self.cfg.reg / b as f32;
+        let mut reg = 0f64;
+        for k in 0..b {
+            let (su, si, sj) = (
+                self.slot[users[k] as usize] as usize,
+                self.slot[pos_n[k] as usize] as usize,
+                self.slot[neg_n[k] as usize] as usize,
+            );
+            for t in 0..d {
+                g[su * d + t] += dp[k] * ei[k * d + t] + dn[k] * ej[k * d + t] + rc * eu[k * d + t];
+                g[si * d + t] += dp[k] * eu[k * d + t] + rc * ei[k * d + t];
+                g[sj * d + t] += dn[k] * eu[k * d + t] + rc * ej[k * d + t];
+            }
+            for e in [
+                &eu[k * d..(k + 1) * d],
+                &ei[k * d..(k + 1) * d],
+                &ej[k * d..(k + 1) * d],
+            ] {
+                reg += 0.5 * e.iter().map(|v| (v * v) as f64).sum::<f64>();
+            }
+        }
+        self.adam.begin_step();
+        self.adam.update_rows(0, &mut self.ego, d, &rows, &g);
+        for &r in &rows {
+            self.slot[r as usize] = u32::MAX;
+        }
+        BatchLoss {
+            bpr,
+            reg: reg * self.cfg.reg as f64 / b as f64,
+            ssl: 0.0,
         }
     }
 

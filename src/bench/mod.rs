@@ -18,6 +18,9 @@ use serde::Serialize;
 use std::path::{Path, PathBuf};
 use timing::{time, Timing};
 
+/// A framework comparison: name, its median ms, ratio framework/ddrm, note when missing.
+pub type Versus = (String, Option<f64>, Option<f64>, String);
+
 /// One measured row.
 #[derive(Clone, Debug, Serialize)]
 pub struct Row {
@@ -36,7 +39,7 @@ pub struct Row {
     /// Throughput as a fraction of the machine's measured limit, when meaningful.
     pub frac_of_limit: Option<f64>,
     /// Framework medians (ms) and ratio framework / ddrm (> 1: ddrm faster).
-    pub vs: Vec<(String, Option<f64>, Option<f64>, String)>,
+    pub vs: Vec<Versus>,
     /// Peak resident memory of the process after this row (MiB).
     pub peak_rss_mib: Option<f64>,
 }
@@ -85,7 +88,11 @@ fn reference_script() -> PathBuf {
 
 /// Whether the reference script can run at all (python present).
 pub fn python_available(python: &str) -> bool {
-    std::process::Command::new(python).arg("--version").output().map(|o| o.status.success()).unwrap_or(false)
+    std::process::Command::new(python)
+        .arg("--version")
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
 }
 
 fn run_reference(ctx: &Ctx, op: &str, dir: &Path, fws: &[&str]) -> serde_json::Value {
@@ -93,22 +100,44 @@ fn run_reference(ctx: &Ctx, op: &str, dir: &Path, fws: &[&str]) -> serde_json::V
         .arg(reference_script())
         .arg(op)
         .arg(dir)
-        .args(["--threads", &ctx.limits.threads.to_string(), "--reps", &ctx.reps.to_string(), "--frameworks", &fws.join(",")])
+        .args([
+            "--threads",
+            &ctx.limits.threads.to_string(),
+            "--reps",
+            &ctx.reps.to_string(),
+            "--frameworks",
+            &fws.join(","),
+        ])
         .output();
     match out {
-        Ok(o) if o.status.success() => serde_json::from_slice(&o.stdout).unwrap_or(serde_json::Value::Null),
-        Ok(o) => serde_json::json!({"error": String::from_utf8_lossy(&o.stderr).lines().last().unwrap_or("failed").to_string()}),
+        Ok(o) if o.status.success() => {
+            serde_json::from_slice(&o.stdout).unwrap_or(serde_json::Value::Null)
+        }
+        Ok(o) => {
+            serde_json::json!({"error": String::from_utf8_lossy(&o.stderr).lines().last().unwrap_or("failed").to_string()})
+        }
         Err(e) => serde_json::json!({"error": e.to_string()}),
     }
 }
 
 fn write_raw<T: bytemuck::Pod>(dir: &Path, name: &str, v: &[T]) -> Result<()> {
-    std::fs::write(dir.join(name), bytemuck::cast_slice(v)).with_context(|| format!("writing {name}"))
+    std::fs::write(dir.join(name), bytemuck::cast_slice(v))
+        .with_context(|| format!("writing {name}"))
 }
 
 /// Time ddrm (A) and the frameworks (B) as A B A B; returns ddrm timing and comparisons.
-fn ab(ctx: &Ctx, op: &str, dir: Option<&Path>, fws: &[&str], mut f: impl FnMut()) -> (Timing, Vec<(String, Option<f64>, Option<f64>, String)>) {
-    let fws: Vec<&str> = fws.iter().copied().filter(|f| ctx.vs.iter().any(|v| v == f)).collect();
+fn ab(
+    ctx: &Ctx,
+    op: &str,
+    dir: Option<&Path>,
+    fws: &[&str],
+    mut f: impl FnMut(),
+) -> (Timing, Vec<Versus>) {
+    let fws: Vec<&str> = fws
+        .iter()
+        .copied()
+        .filter(|f| ctx.vs.iter().any(|v| v == f))
+        .collect();
     let a1 = time(1, ctx.reps, &mut f);
     if fws.is_empty() || dir.is_none() {
         return (a1, vec![]);
@@ -116,21 +145,37 @@ fn ab(ctx: &Ctx, op: &str, dir: Option<&Path>, fws: &[&str], mut f: impl FnMut()
     let b1 = run_reference(ctx, op, dir.unwrap(), &fws);
     let a2 = time(0, ctx.reps, &mut f);
     let b2 = run_reference(ctx, op, dir.unwrap(), &fws);
-    let mut all = vec![a1.median_ms, a2.median_ms];
-    all.sort_by(|a, b| a.total_cmp(b));
-    let a = Timing { median_ms: (a1.median_ms + a2.median_ms) / 2.0, min_ms: a1.min_ms.min(a2.min_ms), max_ms: a1.max_ms.max(a2.max_ms), reps: a1.reps + a2.reps };
+    let a = Timing {
+        median_ms: (a1.median_ms + a2.median_ms) / 2.0,
+        min_ms: a1.min_ms.min(a2.min_ms),
+        max_ms: a1.max_ms.max(a2.max_ms),
+        reps: a1.reps + a2.reps,
+    };
     let vs = fws
         .iter()
         .map(|fw| {
             let m1 = b1[fw]["median_ms"].as_f64();
             let m2 = b2[fw]["median_ms"].as_f64();
-            let note = b1[fw]["missing"].as_str().or(b1["error"].as_str()).unwrap_or("").to_string();
+            let note = b1[fw]["missing"]
+                .as_str()
+                .or(b1["error"].as_str())
+                .unwrap_or("")
+                .to_string();
             match (m1, m2) {
                 (Some(x), Some(y)) => {
                     let m = (x + y) / 2.0;
                     (fw.to_string(), Some(m), Some(m / a.median_ms), note)
                 }
-                _ => (fw.to_string(), None, None, if note.is_empty() { "not run".into() } else { note }),
+                _ => (
+                    fw.to_string(),
+                    None,
+                    None,
+                    if note.is_empty() {
+                        "not run".into()
+                    } else {
+                        note
+                    },
+                ),
             }
         })
         .collect();
@@ -145,7 +190,15 @@ fn tmpdir() -> Result<tempfile::TempDir> {
 /// element-wise.
 pub fn kernels(ctx: &Ctx, ds: &Dataset) -> Result<Vec<Row>> {
     let mut rows = Vec::new();
-    let shapes = [(2048usize, 1000usize, 138usize), (2048, 100, 1000), (2048, 1000, 100), (2048, 64, 1000), (2048, 600, 138), (2048, 200, 600), (2048, 64, 200)];
+    let shapes = [
+        (2048usize, 1000usize, 138usize),
+        (2048, 100, 1000),
+        (2048, 1000, 100),
+        (2048, 64, 1000),
+        (2048, 600, 138),
+        (2048, 200, 600),
+        (2048, 64, 200),
+    ];
     for &(m, n, k) in &shapes {
         let mut r = Rng::new(1);
         let mut a = vec![0f32; m * k];
@@ -154,10 +207,25 @@ pub fn kernels(ctx: &Ctx, ds: &Dataset) -> Result<Vec<Row>> {
         r.fill_normal(&mut b, 1.0);
         let mut c = vec![0f32; m * n];
         let dir = tmpdir()?;
-        std::fs::write(dir.path().join("meta.json"), serde_json::to_vec(&serde_json::json!({"m": m, "n": n, "k": k}))?)?;
-        let (t, vs) = ab(ctx, "gemm", Some(dir.path()), &["numpy", "torch"], || gemm(false, false, m, n, k, 1.0, &a, &b, 0.0, &mut c));
+        std::fs::write(
+            dir.path().join("meta.json"),
+            serde_json::to_vec(&serde_json::json!({"m": m, "n": n, "k": k}))?,
+        )?;
+        let (t, vs) = ab(ctx, "gemm", Some(dir.path()), &["numpy", "torch"], || {
+            gemm(false, false, m, n, k, 1.0, &a, &b, 0.0, &mut c)
+        });
         let gf = 2.0 * (m * n * k) as f64 / t.median_ms / 1e6;
-        rows.push(Row { suite: "kernels".into(), name: "gemm".into(), shape: format!("{m}x{k} · {k}x{n}"), ddrm: t, throughput: gf, unit: "GFLOP/s".into(), frac_of_limit: Some(gf / ctx.limits.fma_gflops), vs, peak_rss_mib: timing::peak_rss_mib() });
+        rows.push(Row {
+            suite: "kernels".into(),
+            name: "gemm".into(),
+            shape: format!("{m}x{k} · {k}x{n}"),
+            ddrm: t,
+            throughput: gf,
+            unit: "GFLOP/s".into(),
+            frac_of_limit: Some(gf / ctx.limits.fma_gflops),
+            vs,
+            peak_rss_mib: timing::peak_rss_mib(),
+        });
     }
     // SpMM on the dataset's normalized graph, d = 64
     let g = Graph::new(ds);
@@ -170,18 +238,49 @@ pub fn kernels(ctx: &Ctx, ds: &Dataset) -> Result<Vec<Row>> {
     write_raw(dir.path(), "indptr.bin", &g.adj.indptr)?;
     write_raw(dir.path(), "indices.bin", &g.adj.indices)?;
     write_raw(dir.path(), "values.bin", &g.adj.values)?;
-    std::fs::write(dir.path().join("meta.json"), serde_json::to_vec(&serde_json::json!({"n": n, "d": d}))?)?;
-    let (t, vs) = ab(ctx, "spmm", Some(dir.path()), &["scipy", "torch"], || crate::kernels::cpu::spmm::spmm(&g.adj, &x, d, &mut y));
+    std::fs::write(
+        dir.path().join("meta.json"),
+        serde_json::to_vec(&serde_json::json!({"n": n, "d": d}))?,
+    )?;
+    let (t, vs) = ab(ctx, "spmm", Some(dir.path()), &["scipy", "torch"], || {
+        crate::kernels::cpu::spmm::spmm(&g.adj, &x, d, &mut y)
+    });
     let gbs = g.adj.spmm_bytes(d) / t.median_ms / 1e6;
-    rows.push(Row { suite: "kernels".into(), name: "spmm".into(), shape: format!("{n} nodes, {} nnz, d={d}", g.adj.nnz()), ddrm: t, throughput: gbs, unit: "GB/s (effective)".into(), frac_of_limit: Some(gbs / ctx.limits.bandwidth_gbs), vs, peak_rss_mib: timing::peak_rss_mib() });
+    rows.push(Row {
+        suite: "kernels".into(),
+        name: "spmm".into(),
+        shape: format!("{n} nodes, {} nnz, d={d}", g.adj.nnz()),
+        ddrm: t,
+        throughput: gbs,
+        unit: "GB/s (effective)".into(),
+        frac_of_limit: Some(gbs / ctx.limits.bandwidth_gbs),
+        vs,
+        peak_rss_mib: timing::peak_rss_mib(),
+    });
     rows.extend(eval_topk(ctx, ds, "kernels")?);
     // element-wise
     let mut e = vec![0f32; 2048 * 1000];
     Rng::new(3).fill_normal(&mut e, 2.0);
-    for (name, f) in [("sigmoid", crate::kernels::cpu::elementwise::sigmoid_inplace as fn(&mut [f32])), ("tanh", crate::kernels::cpu::elementwise::tanh_inplace)] {
+    for (name, f) in [
+        (
+            "sigmoid",
+            crate::kernels::cpu::elementwise::sigmoid_inplace as fn(&mut [f32]),
+        ),
+        ("tanh", crate::kernels::cpu::elementwise::tanh_inplace),
+    ] {
         let t = time(2, ctx.reps, || f(&mut e));
         let gbs = (e.len() * 8) as f64 / t.median_ms / 1e6;
-        rows.push(Row { suite: "kernels".into(), name: name.into(), shape: "2048x1000".into(), ddrm: t, throughput: gbs, unit: "GB/s".into(), frac_of_limit: Some(gbs / ctx.limits.bandwidth_gbs), vs: vec![], peak_rss_mib: timing::peak_rss_mib() });
+        rows.push(Row {
+            suite: "kernels".into(),
+            name: name.into(),
+            shape: "2048x1000".into(),
+            ddrm: t,
+            throughput: gbs,
+            unit: "GB/s".into(),
+            frac_of_limit: Some(gbs / ctx.limits.bandwidth_gbs),
+            vs: vec![],
+            peak_rss_mib: timing::peak_rss_mib(),
+        });
     }
     Ok(rows)
 }
@@ -205,7 +304,10 @@ pub fn eval_topk(ctx: &Ctx, ds: &Dataset, suite: &str) -> Result<Vec<Row>> {
         let mut ptr = vec![0u32];
         let mut idx: Vec<u32> = Vec::new();
         for &u in &users {
-            let mut m: Vec<u32> = masks.iter().flat_map(|c| c.row(u as usize).iter().copied()).collect();
+            let mut m: Vec<u32> = masks
+                .iter()
+                .flat_map(|c| c.row(u as usize).iter().copied())
+                .collect();
             m.sort_unstable();
             idx.extend(m);
             ptr.push(idx.len() as u32);
@@ -214,12 +316,21 @@ pub fn eval_topk(ctx: &Ctx, ds: &Dataset, suite: &str) -> Result<Vec<Row>> {
         write_raw(dir.path(), "items.bin", &it)?;
         write_raw(dir.path(), "mask_indptr.bin", &ptr)?;
         write_raw(dir.path(), "mask_indices.bin", &idx)?;
-        std::fs::write(dir.path().join("meta.json"), serde_json::to_vec(&serde_json::json!({"users": nu, "items": ni, "d": d, "k": k}))?)?;
+        std::fs::write(
+            dir.path().join("meta.json"),
+            serde_json::to_vec(&serde_json::json!({"users": nu, "items": ni, "d": d, "k": k}))?,
+        )?;
     }
-    let (t, vs) = ab(ctx, "topk", Some(dir.path()), &["numpy", "faiss", "torch"], || {
-        let packed = PackedItems::new(&it, ni, d);
-        std::hint::black_box(fused_topk(Isa::detect(), &q, &packed, k, &masks, &users));
-    });
+    let (t, vs) = ab(
+        ctx,
+        "topk",
+        Some(dir.path()),
+        &["numpy", "faiss", "torch"],
+        || {
+            let packed = PackedItems::new(&it, ni, d);
+            std::hint::black_box(fused_topk(Isa::detect(), &q, &packed, k, &masks, &users));
+        },
+    );
     let gf = 2.0 * (nu * ni * d) as f64 / t.median_ms / 1e6;
     Ok(vec![Row {
         suite: suite.into(),
@@ -236,7 +347,17 @@ pub fn eval_topk(ctx: &Ctx, ds: &Dataset, suite: &str) -> Result<Vec<Row>> {
 
 fn backend_cfg(b: Backend) -> TrainConfig {
     TrainConfig {
-        model: ModelConfig { backend: b, dim: 64, layers: if b == Backend::Mf { 0 } else { 3 }, reg: 1e-4, lr: 1e-3, augment: Augment::Ed, drop_ratio: 0.1, tau: 0.2, ssl_weight: 0.1 },
+        model: ModelConfig {
+            backend: b,
+            dim: 64,
+            layers: if b == Backend::Mf { 0 } else { 3 },
+            reg: 1e-4,
+            lr: 1e-3,
+            augment: Augment::Ed,
+            drop_ratio: 0.1,
+            tau: 0.2,
+            ssl_weight: 0.1,
+        },
         batch: 2048,
         epochs: 1,
         eval_every: 1,
@@ -264,9 +385,31 @@ pub fn epoch(ctx: &Ctx, ds: &Dataset) -> Result<Vec<Row>> {
                 model.train_batch(&trip.users[s..e], &trip.pos[s..e], &trip.neg[s..e]);
             }
         });
-        rows.push(Row { suite: "epoch".into(), name: format!("{} epoch", b.label()), shape: format!("{nnz} interactions, batch 2048"), ddrm: t, throughput: nnz as f64 / t.median_ms * 1e3, unit: "interactions/s".into(), frac_of_limit: None, vs: vec![], peak_rss_mib: timing::peak_rss_mib() });
+        rows.push(Row {
+            suite: "epoch".into(),
+            name: format!("{} epoch", b.label()),
+            shape: format!("{nnz} interactions, batch 2048"),
+            ddrm: t,
+            throughput: nnz as f64 / t.median_ms * 1e3,
+            unit: "interactions/s".into(),
+            frac_of_limit: None,
+            vs: vec![],
+            peak_rss_mib: timing::peak_rss_mib(),
+        });
     }
-    let cfg = crate::cli::ddrm_cmd::ddrm_config(&crate::cli::ddrm_cmd::DdrmArgs { preset: Some(crate::cli::ddrm_cmd::Preset::AuthorsMf), ..Default::default() }, None, None, Some(1), 1000, 1, 1, &[20])?;
+    let cfg = crate::cli::ddrm_cmd::ddrm_config(
+        &crate::cli::ddrm_cmd::DdrmArgs {
+            preset: Some(crate::cli::ddrm_cmd::Preset::AuthorsMf),
+            ..Default::default()
+        },
+        None,
+        None,
+        Some(1),
+        1000,
+        1,
+        1,
+        &[20],
+    )?;
     let d = 64;
     let mut emb = vec![0f32; (ds.n_users() + ds.n_items()) * d];
     Rng::new(5).fill_normal(&mut emb, 0.3);
@@ -276,14 +419,36 @@ pub fn epoch(ctx: &Ctx, ds: &Dataset) -> Result<Vec<Row>> {
         crate::diffusion::ddrm::train_ddrm(&mut m, ds, true, |_| {});
     });
     let gf = flops / t.median_ms / 1e6;
-    rows.push(Row { suite: "epoch".into(), name: "DDRM epoch (MF recipe) + test eval".into(), shape: format!("{nnz} samples, 2 denoisers 138-1000-100-1000-64"), ddrm: t, throughput: gf, unit: "GFLOP/s".into(), frac_of_limit: Some(gf / ctx.limits.fma_gflops), vs: vec![], peak_rss_mib: timing::peak_rss_mib() });
+    rows.push(Row {
+        suite: "epoch".into(),
+        name: "DDRM epoch (MF recipe) + test eval".into(),
+        shape: format!("{nnz} samples, 2 denoisers 138-1000-100-1000-64"),
+        ddrm: t,
+        throughput: gf,
+        unit: "GFLOP/s".into(),
+        frac_of_limit: Some(gf / ctx.limits.fma_gflops),
+        vs: vec![],
+        peak_rss_mib: timing::peak_rss_mib(),
+    });
     Ok(rows)
 }
 
 /// Suite `eval`: full-ranking evaluation and DDRM inference (MF recipe, T' = 20) for all test users.
 pub fn eval(ctx: &Ctx, ds: &Dataset) -> Result<Vec<Row>> {
     let mut rows = eval_topk(ctx, ds, "eval")?;
-    let cfg = crate::cli::ddrm_cmd::ddrm_config(&crate::cli::ddrm_cmd::DdrmArgs { preset: Some(crate::cli::ddrm_cmd::Preset::AuthorsMf), ..Default::default() }, None, None, Some(1), 1, 1, 1, &[10, 20])?;
+    let cfg = crate::cli::ddrm_cmd::ddrm_config(
+        &crate::cli::ddrm_cmd::DdrmArgs {
+            preset: Some(crate::cli::ddrm_cmd::Preset::AuthorsMf),
+            ..Default::default()
+        },
+        None,
+        None,
+        Some(1),
+        1,
+        1,
+        1,
+        &[10, 20],
+    )?;
     let d = 64;
     let mut emb = vec![0f32; (ds.n_users() + ds.n_items()) * d];
     Rng::new(5).fill_normal(&mut emb, 0.3);
@@ -292,7 +457,17 @@ pub fn eval(ctx: &Ctx, ds: &Dataset) -> Result<Vec<Row>> {
     let t = time(1, ctx.reps, || {
         std::hint::black_box(m.evaluate(ds, Split::Test, 1));
     });
-    rows.push(Row { suite: "eval".into(), name: "DDRM inference + evaluation".into(), shape: format!("{nu} users, T'=20, 138-1000-100-1000-64"), ddrm: t, throughput: nu as f64 / t.median_ms * 1e3, unit: "users/s".into(), frac_of_limit: None, vs: vec![], peak_rss_mib: timing::peak_rss_mib() });
+    rows.push(Row {
+        suite: "eval".into(),
+        name: "DDRM inference + evaluation".into(),
+        shape: format!("{nu} users, T'=20, 138-1000-100-1000-64"),
+        ddrm: t,
+        throughput: nu as f64 / t.median_ms * 1e3,
+        unit: "users/s".into(),
+        frac_of_limit: None,
+        vs: vec![],
+        peak_rss_mib: timing::peak_rss_mib(),
+    });
     Ok(rows)
 }
 
@@ -302,8 +477,19 @@ pub fn scale(ctx: &Ctx, fractions: &[f64], out: &Path) -> Result<Vec<Row>> {
     let mut rows = Vec::new();
     let (mut ep_pts, mut ev_pts) = (Vec::new(), Vec::new());
     for &f in fractions {
-        let (u, i, n) = ((108_822.0 * f) as usize, (178_181.0 * f) as usize, (3_145_223.0 * f) as usize);
-        let parts = crate::data::synth::generate(&crate::data::synth::SynthConfig { users: u, items: i, interactions: n, item_exponent: 0.9, user_exponent: 0.6, seed: 1 })?;
+        let (u, i, n) = (
+            (108_822.0 * f) as usize,
+            (178_181.0 * f) as usize,
+            (3_145_223.0 * f) as usize,
+        );
+        let parts = crate::data::synth::generate(&crate::data::synth::SynthConfig {
+            users: u,
+            items: i,
+            interactions: n,
+            item_exponent: 0.9,
+            user_exponent: 0.6,
+            seed: 1,
+        })?;
         let ds = Dataset::from_parts(&parts)?;
         let nnz = ds.train().nnz();
         let cfg = backend_cfg(Backend::Mf);
@@ -318,20 +504,67 @@ pub fn scale(ctx: &Ctx, fractions: &[f64], out: &Path) -> Result<Vec<Row>> {
             }
         });
         ep_pts.push((nnz as f64, t.median_ms / 1e3));
-        rows.push(Row { suite: "scale".into(), name: "MF epoch".into(), shape: format!("x{f}: {u} x {i}, {nnz} train"), ddrm: t, throughput: nnz as f64 / t.median_ms * 1e3, unit: "interactions/s".into(), frac_of_limit: None, vs: vec![], peak_rss_mib: timing::peak_rss_mib() });
+        rows.push(Row {
+            suite: "scale".into(),
+            name: "MF epoch".into(),
+            shape: format!("x{f}: {u} x {i}, {nnz} train"),
+            ddrm: t,
+            throughput: nnz as f64 / t.median_ms * 1e3,
+            unit: "interactions/s".into(),
+            frac_of_limit: None,
+            vs: vec![],
+            peak_rss_mib: timing::peak_rss_mib(),
+        });
         let fin = model.final_embeddings();
         let d = 64;
         let t = time(0, 1, || {
-            std::hint::black_box(crate::eval::evaluate_embeddings(&ds, Split::Test, &fin[..u * d], &fin[u * d..], d, &[20]));
+            std::hint::black_box(crate::eval::evaluate_embeddings(
+                &ds,
+                Split::Test,
+                &fin[..u * d],
+                &fin[u * d..],
+                d,
+                &[20],
+            ));
         });
         ev_pts.push(((u * i) as f64, t.median_ms / 1e3));
-        rows.push(Row { suite: "scale".into(), name: "full-ranking eval".into(), shape: format!("x{f}: {u} x {i}"), ddrm: t, throughput: u as f64 / t.median_ms * 1e3, unit: "users/s".into(), frac_of_limit: None, vs: vec![], peak_rss_mib: timing::peak_rss_mib() });
+        rows.push(Row {
+            suite: "scale".into(),
+            name: "full-ranking eval".into(),
+            shape: format!("x{f}: {u} x {i}"),
+            ddrm: t,
+            throughput: u as f64 / t.median_ms * 1e3,
+            unit: "users/s".into(),
+            frac_of_limit: None,
+            vs: vec![],
+            peak_rss_mib: timing::peak_rss_mib(),
+        });
         if !ctx.quiet {
-            eprintln!("scale x{f}: epoch {:.2} s, eval {:.2} s", ep_pts.last().unwrap().1, ev_pts.last().unwrap().1);
+            eprintln!(
+                "scale x{f}: epoch {:.2} s, eval {:.2} s",
+                ep_pts.last().unwrap().1,
+                ev_pts.last().unwrap().1
+            );
         }
     }
-    let s1 = svg::loglog("MF epoch time vs train interactions (ddrm)", "train interactions", "seconds", &[svg::Series { name: format!("ddrm (slope {:.2})", svg::loglog_slope(&ep_pts)), points: ep_pts.clone() }]);
-    let s2 = svg::loglog("Full-ranking eval time vs users x items (ddrm)", "users x items", "seconds", &[svg::Series { name: format!("ddrm (slope {:.2})", svg::loglog_slope(&ev_pts)), points: ev_pts.clone() }]);
+    let s1 = svg::loglog(
+        "MF epoch time vs train interactions (ddrm)",
+        "train interactions",
+        "seconds",
+        &[svg::Series {
+            name: format!("ddrm (slope {:.2})", svg::loglog_slope(&ep_pts)),
+            points: ep_pts.clone(),
+        }],
+    );
+    let s2 = svg::loglog(
+        "Full-ranking eval time vs users x items (ddrm)",
+        "users x items",
+        "seconds",
+        &[svg::Series {
+            name: format!("ddrm (slope {:.2})", svg::loglog_slope(&ev_pts)),
+            points: ev_pts.clone(),
+        }],
+    );
     std::fs::create_dir_all(out)?;
     crate::util::atomic::write_atomic(&out.join("scale-epoch.svg"), s1.as_bytes())?;
     crate::util::atomic::write_atomic(&out.join("scale-eval.svg"), s2.as_bytes())?;

@@ -11,7 +11,11 @@ pub struct Series {
 /// Render a log-log plot.
 pub fn loglog(title: &str, xlabel: &str, ylabel: &str, series: &[Series]) -> String {
     let (w, h, ml, mr, mt, mb) = (720.0, 440.0, 80.0, 180.0, 40.0, 60.0);
-    let pts: Vec<(f64, f64)> = series.iter().flat_map(|s| s.points.iter().copied()).filter(|p| p.0 > 0.0 && p.1 > 0.0).collect();
+    let pts: Vec<(f64, f64)> = series
+        .iter()
+        .flat_map(|s| s.points.iter().copied())
+        .filter(|p| p.0 > 0.0 && p.1 > 0.0)
+        .collect();
     if pts.is_empty() {
         return format!("<svg xmlns='http://www.w3.org/2000/svg' width='{w}' height='{h}'><text x='20' y='40'>{title}: no data</text></svg>");
     }
@@ -36,13 +40,31 @@ pub fn loglog(title: &str, xlabel: &str, ylabel: &str, series: &[Series]) -> Str
         let y = h - mb - (e as f64 - y0) / (y1 - y0) * (h - mt - mb);
         s += &format!("<line x1='{ml}' y1='{y}' x2='{}' y2='{y}' stroke='#ddd'/><text x='{}' y='{}' text-anchor='end'>1e{e}</text>\n", w - mr, ml - 6.0, y + 4.0);
     }
-    s += &format!("<text x='{}' y='{}' text-anchor='middle'>{xlabel}</text>\n", (ml + w - mr) / 2.0, h - 20.0);
-    s += &format!("<text x='18' y='{}' transform='rotate(-90 18 {})' text-anchor='middle'>{ylabel}</text>\n", (mt + h - mb) / 2.0, (mt + h - mb) / 2.0);
-    let colors = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b"];
+    s += &format!(
+        "<text x='{}' y='{}' text-anchor='middle'>{xlabel}</text>\n",
+        (ml + w - mr) / 2.0,
+        h - 20.0
+    );
+    s += &format!(
+        "<text x='18' y='{}' transform='rotate(-90 18 {})' text-anchor='middle'>{ylabel}</text>\n",
+        (mt + h - mb) / 2.0,
+        (mt + h - mb) / 2.0
+    );
+    let colors = [
+        "#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b",
+    ];
     for (k, se) in series.iter().enumerate() {
         let c = colors[k % colors.len()];
-        let p: Vec<String> = se.points.iter().filter(|p| p.0 > 0.0 && p.1 > 0.0).map(|&(x, y)| format!("{:.1},{:.1}", px(x), py(y))).collect();
-        s += &format!("<polyline fill='none' stroke='{c}' stroke-width='2' points='{}'/>\n", p.join(" "));
+        let p: Vec<String> = se
+            .points
+            .iter()
+            .filter(|p| p.0 > 0.0 && p.1 > 0.0)
+            .map(|&(x, y)| format!("{:.1},{:.1}", px(x), py(y)))
+            .collect();
+        s += &format!(
+            "<polyline fill='none' stroke='{c}' stroke-width='2' points='{}'/>\n",
+            p.join(" ")
+        );
         for q in &p {
             let (a, b) = q.split_once(',').unwrap();
             s += &format!("<circle cx='{a}' cy='{b}' r='3' fill='{c}'/>\n");
@@ -55,12 +77,19 @@ pub fn loglog(title: &str, xlabel: &str, ylabel: &str, series: &[Series]) -> Str
 
 /// Least-squares slope of log y against log x (the growth exponent).
 pub fn loglog_slope(points: &[(f64, f64)]) -> f64 {
-    let v: Vec<(f64, f64)> = points.iter().filter(|p| p.0 > 0.0 && p.1 > 0.0).map(|p| (p.0.ln(), p.1.ln())).collect();
+    let v: Vec<(f64, f64)> = points
+        .iter()
+        .filter(|p| p.0 > 0.0 && p.1 > 0.0)
+        .map(|p| (p.0.ln(), p.1.ln()))
+        .collect();
     let n = v.len() as f64;
     if v.len() < 2 {
         return f64::NAN;
     }
-    let (mx, my) = (v.iter().map(|p| p.0).sum::<f64>() / n, v.iter().map(|p| p.1).sum::<f64>() / n);
+    let (mx, my) = (
+        v.iter().map(|p| p.0).sum::<f64>() / n,
+        v.iter().map(|p| p.1).sum::<f64>() / n,
+    );
     let num: f64 = v.iter().map(|p| (p.0 - mx) * (p.1 - my)).sum();
     let den: f64 = v.iter().map(|p| (p.0 - mx).powi(2)).sum();
     num / den

@@ -29,7 +29,12 @@ pub fn time(warmup: usize, reps: usize, mut f: impl FnMut()) -> Timing {
         })
         .collect();
     v.sort_by(|a, b| a.total_cmp(b));
-    Timing { median_ms: v[v.len() / 2], min_ms: v[0], max_ms: v[v.len() - 1], reps: v.len() }
+    Timing {
+        median_ms: v[v.len() / 2],
+        min_ms: v[0],
+        max_ms: v[v.len() - 1],
+        reps: v.len(),
+    }
 }
 
 /// Peak resident memory of this process in MiB (Linux `VmHWM`), if known.

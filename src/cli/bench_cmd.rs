@@ -71,14 +71,23 @@ pub fn run(a: &BenchArgs, quiet: bool) -> Result<()> {
     }
     let mut vs = a.vs.clone();
     if !vs.is_empty() && !bench::python_available(&a.python) {
-        eprintln!("note: {} not found: running ddrm alone (no --vs comparison)", a.python);
+        eprintln!(
+            "note: {} not found: running ddrm alone (no --vs comparison)",
+            a.python
+        );
         vs.clear();
     }
     if !quiet {
         eprintln!("measuring machine limits (FMA peak, memory bandwidth)...");
     }
     let limits = bench::measure_limits();
-    let ctx = Ctx { reps: a.reps, vs, limits, python: a.python.clone(), quiet };
+    let ctx = Ctx {
+        reps: a.reps,
+        vs,
+        limits,
+        python: a.python.clone(),
+        quiet,
+    };
     let rows: Vec<Row> = match a.suite {
         Suite::Kernels => bench::kernels(&ctx, &crate::data::open(&a.dataset)?)?,
         Suite::Epoch => bench::epoch(&ctx, &crate::data::open(&a.dataset)?)?,
@@ -112,7 +121,17 @@ pub fn run(a: &BenchArgs, quiet: bool) -> Result<()> {
             }
         }
     }
-    let mut header: Vec<String> = ["op", "shape", "median ms", "min-max ms", "throughput", "of limit"].iter().map(|s| s.to_string()).collect();
+    let mut header: Vec<String> = [
+        "op",
+        "shape",
+        "median ms",
+        "min-max ms",
+        "throughput",
+        "of limit",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
     for f in &fws {
         header.push(format!("{f} ms (ratio)"));
     }
@@ -125,7 +144,8 @@ pub fn run(a: &BenchArgs, quiet: bool) -> Result<()> {
                 format!("{:.2}", r.ddrm.median_ms),
                 format!("{:.2}-{:.2}", r.ddrm.min_ms, r.ddrm.max_ms),
                 format!("{:.3e} {}", r.throughput, r.unit),
-                r.frac_of_limit.map_or("-".into(), |f| format!("{:.0}%", 100.0 * f)),
+                r.frac_of_limit
+                    .map_or("-".into(), |f| format!("{:.0}%", 100.0 * f)),
             ];
             for f in &fws {
                 v.push(match r.vs.iter().find(|x| &x.0 == f) {
@@ -147,6 +167,9 @@ pub fn run(a: &BenchArgs, quiet: bool) -> Result<()> {
             }
         }
     }
-    println!("ratio = framework time / ddrm time (> 1: ddrm faster). JSON lines: {}", a.out.join(&name).display());
+    println!(
+        "ratio = framework time / ddrm time (> 1: ddrm faster). JSON lines: {}",
+        a.out.join(&name).display()
+    );
     Ok(())
 }
