@@ -61,6 +61,28 @@ pub struct TrainOutcome {
     pub epoch_seconds: f64,
 }
 
+/// One training epoch: augmentation setup, fresh triplets, mini-batches. Returns the summed
+/// BPR and SSL losses and the number of batches.
+pub fn run_epoch(
+    model: &mut Model,
+    ds: &Dataset,
+    seed: u64,
+    epoch: u64,
+    batch: usize,
+) -> (f64, f64, usize) {
+    model.begin_epoch(seed, epoch);
+    let trip = sample_epoch(&ds.train(), seed, epoch);
+    let (mut lsum, mut ssum, mut nb) = (0f64, 0f64, 0usize);
+    for s in (0..trip.users.len()).step_by(batch.max(1)) {
+        let e = (s + batch.max(1)).min(trip.users.len());
+        let l = model.train_batch(&trip.users[s..e], &trip.pos[s..e], &trip.neg[s..e]);
+        lsum += l.bpr;
+        ssum += l.ssl;
+        nb += 1;
+    }
+    (lsum, ssum, nb)
+}
+
 /// Train a backend. `on_record` sees each validation (for logging to disk).
 pub fn train(
     ds: &Dataset,
@@ -80,16 +102,7 @@ pub fn train(
     let bar = progress::bar(cfg.epochs as u64, cfg.model.backend.label(), quiet);
     for epoch in 1..=cfg.epochs {
         let t0 = Instant::now();
-        model.begin_epoch(cfg.seed, epoch as u64);
-        let trip = sample_epoch(&ds.train(), cfg.seed, epoch as u64);
-        let (mut lsum, mut ssum, mut nb) = (0f64, 0f64, 0usize);
-        for s in (0..trip.users.len()).step_by(cfg.batch.max(1)) {
-            let e = (s + cfg.batch).min(trip.users.len());
-            let l = model.train_batch(&trip.users[s..e], &trip.pos[s..e], &trip.neg[s..e]);
-            lsum += l.bpr;
-            ssum += l.ssl;
-            nb += 1;
-        }
+        let (lsum, ssum, nb) = run_epoch(&mut model, ds, cfg.seed, epoch as u64, cfg.batch);
         let secs = t0.elapsed().as_secs_f64();
         train_time += secs;
         epochs_run += 1;

@@ -378,12 +378,7 @@ pub fn epoch(ctx: &Ctx, ds: &Dataset) -> Result<Vec<Row>> {
         let reps = if b == Backend::Mf { ctx.reps } else { 1 };
         let t = time(0, reps, || {
             ep += 1;
-            model.begin_epoch(1, ep);
-            let trip = crate::backends::sampler::sample_epoch(&ds.train(), 1, ep);
-            for s in (0..trip.users.len()).step_by(cfg.batch) {
-                let e = (s + cfg.batch).min(trip.users.len());
-                model.train_batch(&trip.users[s..e], &trip.pos[s..e], &trip.neg[s..e]);
-            }
+            crate::backends::trainer::run_epoch(&mut model, ds, 1, ep, cfg.batch);
         });
         rows.push(Row {
             suite: "epoch".into(),
@@ -497,11 +492,7 @@ pub fn scale(ctx: &Ctx, fractions: &[f64], out: &Path) -> Result<Vec<Row>> {
         let mut ep = 0;
         let t = time(0, 1, || {
             ep += 1;
-            let trip = crate::backends::sampler::sample_epoch(&ds.train(), 1, ep);
-            for s in (0..trip.users.len()).step_by(cfg.batch) {
-                let e = (s + cfg.batch).min(trip.users.len());
-                model.train_batch(&trip.users[s..e], &trip.pos[s..e], &trip.neg[s..e]);
-            }
+            crate::backends::trainer::run_epoch(&mut model, &ds, 1, ep, cfg.batch);
         });
         ep_pts.push((nnz as f64, t.median_ms / 1e3));
         rows.push(Row {
