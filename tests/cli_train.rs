@@ -204,6 +204,56 @@ fn backends_and_ddrm_train_evaluate_and_recommend() {
         "512",
     ]);
 
+    // --joint: the backend embeddings are fine-tuned (MF directly, LightGCN through its
+    // propagation); the checkpoint holds the tuned embeddings and eval reproduces the result
+    for (backend, name) in [(&mf, "mf-joint"), (&run("lightgcn"), "lgn-joint")] {
+        let jr = run(name);
+        ok(&[
+            "-q",
+            "--threads",
+            "2",
+            "train",
+            "--denoise",
+            "ddrm",
+            "--from",
+            backend,
+            "--out",
+            &jr,
+            "--epochs",
+            "2",
+            "--eval-every",
+            "1",
+            "--hidden",
+            "16,8,16",
+            "--steps",
+            "5",
+            "--batch",
+            "512",
+            "--joint",
+            "--joint-lr",
+            "1e-2",
+        ]);
+        let ev: serde_json::Value =
+            serde_json::from_str(&ok(&["--threads", "2", "eval", "--run", &jr, "--json"])).unwrap();
+        assert_eq!(ev, test_metrics(Path::new(&jr)), "{name}");
+        let tuned =
+            ddrm::util::tensorfile::TensorFile::open(&Path::new(&jr).join("model.ckpt")).unwrap();
+        let orig = ddrm::util::tensorfile::TensorFile::open(&Path::new(backend).join("model.ckpt"))
+            .unwrap();
+        let (a, b) = (tuned.get("emb").unwrap().0, orig.get("final").unwrap().0);
+        assert_eq!(a.len(), b.len());
+        let moved = a
+            .iter()
+            .zip(b)
+            .filter(|(x, y)| (*x - *y).abs() > 1e-6)
+            .count();
+        assert!(
+            moved > a.len() / 10,
+            "{name}: only {moved} of {} embedding values changed",
+            a.len()
+        );
+    }
+
     // failures
     let (code, _, err) = ddrm(&["recommend", "--run", &mf, "--user", "100000"]);
     assert!(code != 0 && err.contains("out of range"), "{err}");

@@ -1,7 +1,8 @@
 //! DDRM: schedule identities, denoiser and loss gradients against finite differences,
 //! metric definitions on a hand-computed example.
 
-use ddrm::diffusion::ddrm::ddrm_loss;
+use ddrm::cli::ddrm_cmd::{ddrm_config, DdrmArgs};
+use ddrm::diffusion::ddrm::{ddrm_loss, Ddrm, TargetGrads};
 use ddrm::diffusion::denoiser::{Denoiser, DenoiserCache};
 use ddrm::diffusion::schedule::{Schedule, ScheduleKind};
 use ddrm::eval::MetricsAcc;
@@ -21,6 +22,58 @@ fn assert_grad(analytic: f32, fd: f64, what: &str) -> Result<(), TestCaseError> 
         fd
     );
     Ok(())
+}
+
+/// f64 reference of a denoiser's forward (`params` in `params_mut` order, MLP widths
+/// `dims`): rows of `x` (noisy input) and `c` (condition), step encodings `enc`.
+#[allow(clippy::too_many_arguments)]
+fn denoiser64(
+    p: &[Vec<f64>],
+    enc: &[f32],
+    x: &[f64],
+    c: &[f64],
+    n: usize,
+    d: usize,
+    sd: usize,
+    dims: &[usize],
+    act: Act,
+) -> Vec<f64> {
+    let act64 = |x: f64| match act {
+        Act::Tanh => x.tanh(),
+        Act::Relu => x.max(0.0),
+        Act::None => x,
+        _ => 1.0 / (1.0 + (-x).exp()),
+    };
+    let nl = dims.len() - 1;
+    let mut out = vec![0f64; n * d];
+    for rr in 0..n {
+        let mut temb = vec![0f64; sd];
+        for j in 0..sd {
+            temb[j] = p[1][j];
+            for q in 0..sd {
+                temb[j] += enc[rr * sd + q] as f64 * p[0][q * sd + j];
+            }
+        }
+        let mut h: Vec<f64> = x[rr * d..(rr + 1) * d].to_vec();
+        h.extend(temb);
+        h.extend_from_slice(&c[rr * d..(rr + 1) * d]);
+        for l in 0..nl {
+            let (w, b) = (&p[2 + 2 * l], &p[3 + 2 * l]);
+            let mut o = vec![0f64; dims[l + 1]];
+            for j in 0..dims[l + 1] {
+                o[j] = b[j];
+                for q in 0..dims[l] {
+                    o[j] += h[q] * w[q * dims[l + 1] + j];
+                }
+                if l + 1 < nl {
+                    o[j] = act64(o[j]);
+                }
+            }
+            h = o;
+        }
+        out[rr * d..(rr + 1) * d].copy_from_slice(&h);
+    }
+    out
 }
 
 proptest! {
@@ -73,25 +126,9 @@ proptest! {
         let params: Vec<Vec<f64>> = dn2.params_mut().into_iter().map(|p| p.iter().map(|&v| v as f64).collect()).collect();
         let mut enc = vec![0f32; n * sd];
         ddrm::nn::step_embedding::timestep_encoding(&steps, sd, &mut enc);
-        let act64 = |x: f64| match act { Act::Tanh => x.tanh(), _ => 1.0 / (1.0 + (-x).exp()) };
         let f = |p: &[Vec<f64>], x: &[f64], cc: &[f64]| -> f64 {
-            let mut tot = 0.0;
-            for rr in 0..n {
-                let mut temb = vec![0f64; sd];
-                for j in 0..sd { temb[j] = p[1][j]; for q in 0..sd { temb[j] += enc[rr * sd + q] as f64 * p[0][q * sd + j]; } }
-                let mut h: Vec<f64> = x[rr * d..(rr + 1) * d].to_vec();
-                h.extend(temb);
-                h.extend_from_slice(&cc[rr * d..(rr + 1) * d]);
-                let dims = [2 * d + sd, 5, 4, d];
-                for l in 0..3 {
-                    let (w, b) = (&p[2 + 2 * l], &p[3 + 2 * l]);
-                    let mut o = vec![0f64; dims[l + 1]];
-                    for j in 0..dims[l + 1] { o[j] = b[j]; for q in 0..dims[l] { o[j] += h[q] * w[q * dims[l + 1] + j]; } if l < 2 { o[j] = act64(o[j]); } }
-                    h = o;
-                }
-                for j in 0..d { tot += h[j] * g[rr * d + j] as f64; }
-            }
-            tot
+            let out = denoiser64(p, &enc, x, cc, n, d, sd, &[2 * d + sd, 5, 4, d], act);
+            (0..n * d).map(|k| out[k] * g[k] as f64).sum()
         };
         let x64: Vec<f64> = xt.iter().map(|&v| v as f64).collect();
         let c64: Vec<f64> = c.iter().map(|&v| v as f64).collect();
@@ -119,7 +156,8 @@ proptest! {
         let mut v = |len: usize| { let mut x = vec![0f32; len]; r.fill_normal(&mut x, 1.0); x };
         let (hu, hi, eu, ei, ej) = (v(n * d), v(n * d), v(n * d), v(n * d), v(n * d));
         let (mut dhu, mut dhi) = (vec![0f32; n * d], vec![0f32; n * d]);
-        let parts = ddrm_loss(&hu, &hi, &eu, &ei, &ej, d, lambda, gamma, &mut dhu, &mut dhi);
+        let (mut teu, mut tei, mut tej) = (vec![0f32; n * d], vec![0f32; n * d], vec![0f32; n * d]);
+        let parts = ddrm_loss(&hu, &hi, &eu, &ei, &ej, d, lambda, gamma, &mut dhu, &mut dhi, Some(TargetGrads { eu: &mut teu, ei: &mut tei, ej: &mut tej }));
         let dot = |a: &[f64], b: &[f32], rr: usize| (0..d).map(|j| a[rr * d + j] * b[rr * d + j] as f64).sum::<f64>();
         // weights at the unperturbed point (constants)
         let w0: Vec<f64> = (0..n).map(|rr| {
@@ -138,6 +176,30 @@ proptest! {
             }
             tot / n as f64
         };
+        // the same loss as a function of the targets e_u, e_i, e_j (predictions fixed)
+        let g = |tu: &[f64], ti: &[f64], tj: &[f64]| -> f64 {
+            let mut tot = 0.0;
+            for rr in 0..n {
+                let dot64 = |a: &[f32], b: &[f64]| (0..d).map(|j| a[rr * d + j] as f64 * b[rr * d + j]).sum::<f64>();
+                let sp: f64 = (0..d).map(|j| hu[rr * d + j] as f64 * hi[rr * d + j] as f64).sum();
+                let sn = dot64(&hu, tj);
+                let bpr = (1.0 + (sn - sp).exp()).ln();
+                let mu: f64 = (0..d).map(|j| (hu[rr * d + j] as f64 - tu[rr * d + j]).powi(2)).sum::<f64>() / d as f64;
+                let mi: f64 = (0..d).map(|j| (hi[rr * d + j] as f64 - ti[rr * d + j]).powi(2)).sum::<f64>() / d as f64;
+                tot += w0[rr] * (lambda as f64 * bpr + (1.0 - lambda as f64) * 0.5 * (mu + mi));
+            }
+            tot / n as f64
+        };
+        let to64 = |v: &[f32]| -> Vec<f64> { v.iter().map(|&x| x as f64).collect() };
+        let (tu, ti, tj) = (to64(&eu), to64(&ei), to64(&ej));
+        for k in 0..n * d {
+            for (which, analytic) in [(0, teu[k]), (1, tei[k]), (2, tej[k])] {
+                let (mut a, mut b) = ([tu.clone(), ti.clone(), tj.clone()], [tu.clone(), ti.clone(), tj.clone()]);
+                a[which][k] += H; b[which][k] -= H;
+                let fd = (g(&a[0], &a[1], &a[2]) - g(&b[0], &b[1], &b[2])) / (2.0 * H);
+                assert_grad(analytic, fd, &format!("target {which}"))?;
+            }
+        }
         let (u64v, i64v): (Vec<f64>, Vec<f64>) = (hu.iter().map(|&x| x as f64).collect(), hi.iter().map(|&x| x as f64).collect());
         prop_assert!((parts.total - f(&u64v, &i64v)).abs() < 1e-4 * (1.0 + parts.total.abs()));
         for k in 0..n * d {
@@ -145,6 +207,67 @@ proptest! {
             assert_grad(dhu[k], (f(&a, &i64v) - f(&b, &i64v)) / (2.0 * H), "dhat_u")?;
             let (mut a, mut b) = (i64v.clone(), i64v.clone()); a[k] += H; b[k] -= H;
             assert_grad(dhi[k], (f(&u64v, &a) - f(&u64v, &b)) / (2.0 * H), "dhat_i")?;
+        }
+    }
+
+    /// `--joint`: the gradient of a batch's DDRM loss w.r.t. the backend embeddings, through
+    /// the reconstruction targets, both denoisers' noisy inputs and conditions and the
+    /// negative's score (item-only too), against an f64 reference of the whole batch loss.
+    #[test]
+    fn joint_embedding_gradient_matches_finite_differences(n in 1usize..4, seed in 0u64..10_000, lambda in 0f32..1.0, gamma in 0f32..1.5, item_only: bool, act in prop::sample::select(vec![Act::Tanh, Act::Sigmoid, Act::Relu])) {
+        let (nu, ni, d, sd) = (3usize, 4usize, 3usize, 4usize);
+        let args = DdrmArgs {
+            steps: Some(10), noise_scale: Some(0.5), noise_min: Some(0.1), noise_max: Some(1.0),
+            lambda: Some(lambda), gamma: Some(gamma), hidden: Some(vec![5, 4]), act: Some(act),
+            step_dim: Some(sd), dropout: Some(0.0), item_only, ..Default::default()
+        };
+        let cfg = ddrm_config(&args, None, None, Some(1), 1, 1, seed, &[20]).unwrap();
+        let mut r = Rng::new(seed);
+        let mut emb = vec![0f32; (nu + ni) * d]; r.fill_normal(&mut emb, 1.0);
+        let m = Ddrm::new(cfg, emb.clone(), nu, d).unwrap();
+        let users: Vec<u32> = (0..n).map(|_| r.index(nu) as u32).collect();
+        let pos: Vec<u32> = (0..n).map(|_| r.index(ni) as u32).collect();
+        let neg: Vec<u32> = (0..n).map(|_| r.index(ni) as u32).collect();
+        let steps: Vec<usize> = (0..n).map(|_| r.index(10)).collect();
+        let (mut eps_u, mut eps_i) = (vec![0f32; n * d], vec![0f32; n * d]);
+        r.fill_normal(&mut eps_u, 1.0); r.fill_normal(&mut eps_i, 1.0);
+        let (loss, grad) = m.batch_loss_and_emb_grad(&users, &pos, &neg, &steps, &eps_u, &eps_i);
+
+        let (mut udn, mut idn) = (m.user_dn.clone(), m.item_dn.clone());
+        let to64 = |v: &[f32]| -> Vec<f64> { v.iter().map(|&x| x as f64).collect() };
+        let up: Vec<Vec<f64>> = udn.params_mut().into_iter().map(|p| to64(p)).collect();
+        let ip: Vec<Vec<f64>> = idn.params_mut().into_iter().map(|p| to64(p)).collect();
+        let stepf: Vec<f32> = steps.iter().map(|&t| t as f32).collect();
+        let mut enc = vec![0f32; n * sd];
+        ddrm::nn::step_embedding::timestep_encoding(&stepf, sd, &mut enc);
+        let dims = [2 * d + sd, 5, 4, d];
+        let coef: Vec<(f64, f64)> = steps.iter().map(|&t| { let (a, b) = m.schedule.q_coefs(t); (a as f64, b as f64) }).collect();
+        let total = |e: &[f64], w0: Option<&[f64]>| -> (f64, Vec<f64>) {
+            let row = |node: usize| e[node * d..(node + 1) * d].to_vec();
+            let (mut eu, mut ei, mut ej) = (vec![], vec![], vec![]);
+            for k in 0..n { eu.extend(row(users[k] as usize)); ei.extend(row(nu + pos[k] as usize)); ej.extend(row(nu + neg[k] as usize)); }
+            let noised = |e0: &[f64], eps: &[f32]| -> Vec<f64> { (0..n * d).map(|q| coef[q / d].0 * e0[q] + coef[q / d].1 * eps[q] as f64).collect() };
+            let hu = if item_only { eu.clone() } else { denoiser64(&up, &enc, &noised(&eu, &eps_u), &ei, n, d, sd, &dims, act) };
+            let hi = denoiser64(&ip, &enc, &noised(&ei, &eps_i), &eu, n, d, sd, &dims, act);
+            let mut ws = vec![];
+            let mut tot = 0.0;
+            for k in 0..n {
+                let dot = |a: &[f64], b: &[f64]| (0..d).map(|j| a[k * d + j] * b[k * d + j]).sum::<f64>();
+                let (sp, sn) = (dot(&hu, &hi), dot(&hu, &ej));
+                let w = match w0 { Some(w) => w[k], None => if gamma == 0.0 { 1.0 } else { (1.0 / (1.0 + (-sp).exp())).powf(gamma as f64) } };
+                ws.push(w);
+                let mse = |a: &[f64], b: &[f64]| (0..d).map(|j| (a[k * d + j] - b[k * d + j]).powi(2)).sum::<f64>() / d as f64;
+                tot += w * (lambda as f64 * (1.0 + (sn - sp).exp()).ln() + (1.0 - lambda as f64) * 0.5 * (mse(&hu, &eu) + mse(&hi, &ei)));
+            }
+            (tot / n as f64, ws)
+        };
+        let e64 = to64(&emb);
+        let (l64, w0) = total(&e64, None);
+        prop_assert!((loss - l64).abs() < 1e-4 * (1.0 + l64.abs()), "loss {} vs f64 {}", loss, l64);
+        for k in 0..e64.len() {
+            let (mut a, mut b) = (e64.clone(), e64.clone()); a[k] += H; b[k] -= H;
+            let fd = (total(&a, Some(&w0)).0 - total(&b, Some(&w0)).0) / (2.0 * H);
+            assert_grad(grad[k], fd, &format!("d emb[{k}]"))?;
         }
     }
 }

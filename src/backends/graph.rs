@@ -7,6 +7,7 @@ use crate::kernels::cpu::spmm::SparseMatrix;
 use crate::util::rng::Rng;
 
 /// Normalized adjacency builder holding the full edge list.
+#[derive(Clone)]
 pub struct Graph {
     n_users: usize,
     n_items: usize,

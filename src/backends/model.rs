@@ -147,6 +147,11 @@ impl Model {
         self.n_items
     }
 
+    /// The normalized training graph (graph backends only).
+    pub fn graph(&self) -> Option<&Graph> {
+        self.graph.as_ref()
+    }
+
     /// Per-epoch setup: SGL draws its two augmented views.
     pub fn begin_epoch(&mut self, seed: u64, epoch: u64) {
         if self.cfg.backend != Backend::Sgl {

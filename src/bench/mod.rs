@@ -95,7 +95,14 @@ pub fn python_available(python: &str) -> bool {
         .unwrap_or(false)
 }
 
-fn run_reference(ctx: &Ctx, op: &str, dir: &Path, fws: &[&str]) -> serde_json::Value {
+fn run_reference(
+    ctx: &Ctx,
+    op: &str,
+    dir: &Path,
+    fws: &[&str],
+    reps: usize,
+    warmup: usize,
+) -> serde_json::Value {
     let out = std::process::Command::new(&ctx.python)
         .arg(reference_script())
         .arg(op)
@@ -104,7 +111,9 @@ fn run_reference(ctx: &Ctx, op: &str, dir: &Path, fws: &[&str]) -> serde_json::V
             "--threads",
             &ctx.limits.threads.to_string(),
             "--reps",
-            &ctx.reps.to_string(),
+            &reps.to_string(),
+            "--warmup",
+            &warmup.to_string(),
             "--frameworks",
             &fws.join(","),
         ])
@@ -125,12 +134,27 @@ fn write_raw<T: bytemuck::Pod>(dir: &Path, name: &str, v: &[T]) -> Result<()> {
         .with_context(|| format!("writing {name}"))
 }
 
-/// Time ddrm (A) and the frameworks (B) as A B A B; returns ddrm timing and comparisons.
+/// Time ddrm (A) and the frameworks (B) as A B A B with `ctx.reps` repetitions and one
+/// warm-up run each; returns ddrm timing and comparisons.
 fn ab(
     ctx: &Ctx,
     op: &str,
     dir: Option<&Path>,
     fws: &[&str],
+    f: impl FnMut(),
+) -> (Timing, Vec<Versus>) {
+    ab_with(ctx, op, dir, fws, ctx.reps, 1, f)
+}
+
+/// [`ab`] with explicit repetitions and warm-up runs per side and round (long operations
+/// such as whole epochs use 1 and 0).
+fn ab_with(
+    ctx: &Ctx,
+    op: &str,
+    dir: Option<&Path>,
+    fws: &[&str],
+    reps: usize,
+    warmup: usize,
     mut f: impl FnMut(),
 ) -> (Timing, Vec<Versus>) {
     let fws: Vec<&str> = fws
@@ -138,13 +162,13 @@ fn ab(
         .copied()
         .filter(|f| ctx.vs.iter().any(|v| v == f))
         .collect();
-    let a1 = time(1, ctx.reps, &mut f);
-    if fws.is_empty() || dir.is_none() {
+    let a1 = time(warmup, reps, &mut f);
+    let Some(dir) = dir.filter(|_| !fws.is_empty()) else {
         return (a1, vec![]);
-    }
-    let b1 = run_reference(ctx, op, dir.unwrap(), &fws);
-    let a2 = time(0, ctx.reps, &mut f);
-    let b2 = run_reference(ctx, op, dir.unwrap(), &fws);
+    };
+    let b1 = run_reference(ctx, op, dir, &fws, reps, warmup);
+    let a2 = time(0, reps, &mut f);
+    let b2 = run_reference(ctx, op, dir, &fws, reps, warmup);
     let a = Timing {
         median_ms: (a1.median_ms + a2.median_ms) / 2.0,
         min_ms: a1.min_ms.min(a2.min_ms),
@@ -288,6 +312,10 @@ pub fn kernels(ctx: &Ctx, ds: &Dataset) -> Result<Vec<Row>> {
 /// Full-ranking top-20 of all test users against all items (random embeddings, d = 64,
 /// train + valid masked): fused kernel vs NumPy blocks and faiss.
 pub fn eval_topk(ctx: &Ctx, ds: &Dataset, suite: &str) -> Result<Vec<Row>> {
+    eval_topk_reps(ctx, ds, suite, ctx.reps)
+}
+
+fn eval_topk_reps(ctx: &Ctx, ds: &Dataset, suite: &str, reps: usize) -> Result<Vec<Row>> {
     let d = 64;
     let k = 20;
     let users = crate::eval::eval_users(ds, Split::Test);
@@ -321,11 +349,13 @@ pub fn eval_topk(ctx: &Ctx, ds: &Dataset, suite: &str) -> Result<Vec<Row>> {
             serde_json::to_vec(&serde_json::json!({"users": nu, "items": ni, "d": d, "k": k}))?,
         )?;
     }
-    let (t, vs) = ab(
+    let (t, vs) = ab_with(
         ctx,
         "topk",
         Some(dir.path()),
         &["numpy", "faiss", "torch"],
+        reps,
+        1,
         || {
             let packed = PackedItems::new(&it, ni, d);
             std::hint::black_box(fused_topk(Isa::detect(), &q, &packed, k, &masks, &users));
@@ -367,16 +397,57 @@ fn backend_cfg(b: Backend) -> TrainConfig {
     }
 }
 
-/// Suite `epoch`: one training epoch of MF, LightGCN, SGL (batch 2048) and DDRM (MF recipe).
+/// Write the train CSR, the normalized graph (graph backends) and `meta` into `dir` for the
+/// reference script's epoch baselines.
+fn write_epoch_data(
+    dir: &Path,
+    ds: &Dataset,
+    graph: Option<&Graph>,
+    meta: serde_json::Value,
+) -> Result<()> {
+    let tr = ds.train();
+    write_raw(dir, "train_indptr.bin", tr.indptr)?;
+    write_raw(dir, "train_indices.bin", tr.indices)?;
+    if let Some(g) = graph {
+        write_raw(dir, "indptr.bin", &g.adj.indptr)?;
+        write_raw(dir, "indices.bin", &g.adj.indices)?;
+        write_raw(dir, "values.bin", &g.adj.values)?;
+    }
+    let mut meta = meta;
+    meta["n_users"] = ds.n_users().into();
+    meta["n_items"] = ds.n_items().into();
+    std::fs::write(dir.join("meta.json"), serde_json::to_vec(&meta)?)?;
+    Ok(())
+}
+
+/// Suite `epoch`: one training epoch of MF, LightGCN, SGL (batch 2048) and DDRM (MF recipe),
+/// each against the same epoch written in PyTorch (`--vs torch`; SGL has no reference).
 pub fn epoch(ctx: &Ctx, ds: &Dataset) -> Result<Vec<Row>> {
     let mut rows = Vec::new();
     let nnz = ds.train().nnz();
     for b in [Backend::Mf, Backend::Lightgcn, Backend::Sgl] {
         let cfg = backend_cfg(b);
         let mut model = Model::new(cfg.model.clone(), ds, 1);
+        let dir = tmpdir()?;
+        let (op, fws): (&str, &[&str]) = match b {
+            Backend::Mf => ("mf_epoch", &["torch"]),
+            Backend::Lightgcn => ("lightgcn_epoch", &["torch"]),
+            Backend::Sgl => ("sgl_epoch", &[]),
+        };
+        if ctx.vs.iter().any(|v| v == "torch") && !fws.is_empty() {
+            write_epoch_data(
+                dir.path(),
+                ds,
+                model.graph(),
+                serde_json::json!({
+                    "d": cfg.model.dim, "layers": cfg.model.layers, "batch": cfg.batch,
+                    "lr": cfg.model.lr, "reg": cfg.model.reg,
+                }),
+            )?;
+        }
         let mut ep = 0u64;
         let reps = if b == Backend::Mf { ctx.reps } else { 1 };
-        let t = time(0, reps, || {
+        let (t, vs) = ab_with(ctx, op, Some(dir.path()), fws, reps, 0, || {
             ep += 1;
             crate::backends::trainer::run_epoch(&mut model, ds, 1, ep, cfg.batch);
         });
@@ -388,7 +459,7 @@ pub fn epoch(ctx: &Ctx, ds: &Dataset) -> Result<Vec<Row>> {
             throughput: nnz as f64 / t.median_ms * 1e3,
             unit: "interactions/s".into(),
             frac_of_limit: None,
-            vs: vec![],
+            vs,
             peak_rss_mib: timing::peak_rss_mib(),
         });
     }
@@ -408,21 +479,42 @@ pub fn epoch(ctx: &Ctx, ds: &Dataset) -> Result<Vec<Row>> {
     let d = 64;
     let mut emb = vec![0f32; (ds.n_users() + ds.n_items()) * d];
     Rng::new(5).fill_normal(&mut emb, 0.3);
+    let dir = tmpdir()?;
+    if ctx.vs.iter().any(|v| v == "torch") {
+        write_raw(dir.path(), "emb.bin", &emb)?;
+        write_epoch_data(
+            dir.path(),
+            ds,
+            None,
+            serde_json::json!({ "d": d, "ddrm": cfg }),
+        )?;
+    }
     let mut m = Ddrm::new(cfg, emb, ds.n_users(), d)?;
+    let mut trainer = crate::diffusion::ddrm::DdrmTrainer::new(&m);
     let flops = m.flops_per_sample() * nnz as f64;
-    let t = time(0, 1, || {
-        crate::diffusion::ddrm::train_ddrm(&mut m, ds, true, |_| {});
-    });
+    let mut ep = 0;
+    let (t, vs) = ab_with(
+        ctx,
+        "ddrm_epoch",
+        Some(dir.path()),
+        &["torch"],
+        1,
+        0,
+        || {
+            ep += 1;
+            std::hint::black_box(trainer.epoch(&mut m, ds, ep));
+        },
+    );
     let gf = flops / t.median_ms / 1e6;
     rows.push(Row {
         suite: "epoch".into(),
-        name: "DDRM epoch (MF recipe) + test eval".into(),
+        name: "DDRM epoch (MF recipe)".into(),
         shape: format!("{nnz} samples, 2 denoisers 138-1000-100-1000-64"),
         ddrm: t,
         throughput: gf,
         unit: "GFLOP/s".into(),
         frac_of_limit: Some(gf / ctx.limits.fma_gflops),
-        vs: vec![],
+        vs,
         peak_rss_mib: timing::peak_rss_mib(),
     });
     Ok(rows)
@@ -467,10 +559,21 @@ pub fn eval(ctx: &Ctx, ds: &Dataset) -> Result<Vec<Row>> {
 }
 
 /// Suite `scale`: MF epoch and full-ranking evaluation on synthetic datasets of the
-/// Amazon-book shape (108,822 x 178,181 x 3.15M) scaled by `fractions`.
+/// Amazon-book shape (108,822 x 178,181 x 3.15M) scaled by `fractions`; with `--vs`, the
+/// frameworks' times are measured at every size too and drawn beside ddrm's.
 pub fn scale(ctx: &Ctx, fractions: &[f64], out: &Path) -> Result<Vec<Row>> {
     let mut rows = Vec::new();
-    let (mut ep_pts, mut ev_pts) = (Vec::new(), Vec::new());
+    // series name -> points, for the epoch and the evaluation plots
+    let mut ep_pts: Vec<(String, Vec<(f64, f64)>)> = vec![("ddrm".into(), vec![])];
+    let mut ev_pts: Vec<(String, Vec<(f64, f64)>)> = vec![("ddrm".into(), vec![])];
+    let add =
+        |series: &mut Vec<(String, Vec<(f64, f64)>)>, name: &str, x: f64, ms: f64| match series
+            .iter_mut()
+            .find(|s| s.0 == name)
+        {
+            Some(s) => s.1.push((x, ms / 1e3)),
+            None => series.push((name.to_string(), vec![(x, ms / 1e3)])),
+        };
     for &f in fractions {
         let (u, i, n) = (
             (108_822.0 * f) as usize,
@@ -489,12 +592,29 @@ pub fn scale(ctx: &Ctx, fractions: &[f64], out: &Path) -> Result<Vec<Row>> {
         let nnz = ds.train().nnz();
         let cfg = backend_cfg(Backend::Mf);
         let mut model = Model::new(cfg.model.clone(), &ds, 1);
+        let dir = tmpdir()?;
+        if ctx.vs.iter().any(|v| v == "torch") {
+            write_epoch_data(
+                dir.path(),
+                &ds,
+                None,
+                serde_json::json!({
+                    "d": cfg.model.dim, "layers": 0, "batch": cfg.batch,
+                    "lr": cfg.model.lr, "reg": cfg.model.reg,
+                }),
+            )?;
+        }
         let mut ep = 0;
-        let t = time(0, 1, || {
+        let (t, vs) = ab_with(ctx, "mf_epoch", Some(dir.path()), &["torch"], 1, 0, || {
             ep += 1;
             crate::backends::trainer::run_epoch(&mut model, &ds, 1, ep, cfg.batch);
         });
-        ep_pts.push((nnz as f64, t.median_ms / 1e3));
+        add(&mut ep_pts, "ddrm", nnz as f64, t.median_ms);
+        for v in &vs {
+            if let Some(ms) = v.1 {
+                add(&mut ep_pts, &v.0, nnz as f64, ms);
+            }
+        }
         rows.push(Row {
             suite: "scale".into(),
             name: "MF epoch".into(),
@@ -503,69 +623,65 @@ pub fn scale(ctx: &Ctx, fractions: &[f64], out: &Path) -> Result<Vec<Row>> {
             throughput: nnz as f64 / t.median_ms * 1e3,
             unit: "interactions/s".into(),
             frac_of_limit: None,
-            vs: vec![],
+            vs,
             peak_rss_mib: timing::peak_rss_mib(),
         });
-        let fin = model.final_embeddings();
-        let d = 64;
-        let t = time(0, 1, || {
-            std::hint::black_box(crate::eval::evaluate_embeddings(
-                &ds,
-                Split::Test,
-                &fin[..u * d],
-                &fin[u * d..],
-                d,
-                &[20],
-            ));
-        });
-        ev_pts.push(((u * i) as f64, t.median_ms / 1e3));
-        rows.push(Row {
-            suite: "scale".into(),
-            name: "full-ranking eval".into(),
-            shape: format!("x{f}: {u} x {i}"),
-            ddrm: t,
-            throughput: u as f64 / t.median_ms * 1e3,
-            unit: "users/s".into(),
-            frac_of_limit: None,
-            vs: vec![],
-            peak_rss_mib: timing::peak_rss_mib(),
-        });
+        let mut ev = eval_topk_reps(ctx, &ds, "scale", 1)?;
+        for r in ev.iter_mut() {
+            r.shape = format!("x{f}: {}", r.shape);
+            let x = (u * i) as f64;
+            add(&mut ev_pts, "ddrm", x, r.ddrm.median_ms);
+            for v in &r.vs {
+                if let Some(ms) = v.1 {
+                    add(&mut ev_pts, &v.0, x, ms);
+                }
+            }
+        }
         if !ctx.quiet {
             eprintln!(
-                "scale x{f}: epoch {:.2} s, eval {:.2} s",
-                ep_pts.last().unwrap().1,
-                ev_pts.last().unwrap().1
+                "scale x{f}: MF epoch {:.2} s, full-ranking eval {:.2} s",
+                t.median_ms / 1e3,
+                ev[0].ddrm.median_ms / 1e3
             );
         }
+        rows.extend(ev);
     }
+    let series = |pts: &[(String, Vec<(f64, f64)>)]| -> Vec<svg::Series> {
+        pts.iter()
+            .map(|(name, p)| svg::Series {
+                name: format!("{name} (slope {:.2})", svg::loglog_slope(p)),
+                points: p.clone(),
+            })
+            .collect()
+    };
     let s1 = svg::loglog(
-        "MF epoch time vs train interactions (ddrm)",
+        "MF-BPR epoch time vs train interactions",
         "train interactions",
         "seconds",
-        &[svg::Series {
-            name: format!("ddrm (slope {:.2})", svg::loglog_slope(&ep_pts)),
-            points: ep_pts.clone(),
-        }],
+        &series(&ep_pts),
     );
     let s2 = svg::loglog(
-        "Full-ranking eval time vs users x items (ddrm)",
+        "Full-ranking top-20 time vs users x items",
         "users x items",
         "seconds",
-        &[svg::Series {
-            name: format!("ddrm (slope {:.2})", svg::loglog_slope(&ev_pts)),
-            points: ev_pts.clone(),
-        }],
+        &series(&ev_pts),
     );
     std::fs::create_dir_all(out)?;
     crate::util::atomic::write_atomic(&out.join("scale-epoch.svg"), s1.as_bytes())?;
     crate::util::atomic::write_atomic(&out.join("scale-eval.svg"), s2.as_bytes())?;
     if !ctx.quiet {
-        eprintln!(
-            "growth exponents: epoch time ~ interactions^{:.2}, eval time ~ (users x items)^{:.2}; plots in {}",
-            svg::loglog_slope(&ep_pts),
-            svg::loglog_slope(&ev_pts),
-            out.display()
-        );
+        for (what, pts) in [
+            ("MF epoch time ~ interactions", &ep_pts),
+            ("eval time ~ (users x items)", &ev_pts),
+        ] {
+            for (name, p) in pts.iter() {
+                eprintln!(
+                    "growth exponent, {what}: {name} {:.2}",
+                    svg::loglog_slope(p)
+                );
+            }
+        }
+        eprintln!("plots: {}", out.display());
     }
     Ok(rows)
 }

@@ -5,7 +5,7 @@ use super::run_dir::{RunConfig, RunDir, RunResult};
 use crate::backends::graph::Graph;
 use crate::backends::Model;
 use crate::data::Dataset;
-use crate::diffusion::ddrm::{train_ddrm, Ddrm, DdrmConfig, Inference};
+use crate::diffusion::ddrm::{train_ddrm, Ddrm, DdrmConfig, Inference, JointBackend};
 use crate::diffusion::denoiser::Denoiser;
 use crate::diffusion::schedule::ScheduleKind;
 use crate::kernels::cpu::Act;
@@ -89,6 +89,13 @@ pub struct DdrmArgs {
     /// LightGCN layers to propagate the backend embeddings through before DDRM.
     #[arg(long)]
     pub propagate: Option<usize>,
+    /// Fine-tune the backend's embeddings jointly with the denoisers (default: frozen, as
+    /// the authors' code does). Graph backends back-propagate through their propagation.
+    #[arg(long)]
+    pub joint: bool,
+    /// Adam learning rate of the backend embeddings under --joint.
+    #[arg(long)]
+    pub joint_lr: Option<f32>,
 }
 
 fn preset_config(p: Preset) -> DdrmConfig {
@@ -118,6 +125,8 @@ fn preset_config(p: Preset) -> DdrmConfig {
         item_only: false,
         propagate: 0,
         ks: vec![10, 20],
+        joint: false,
+        joint_lr: 1e-4,
     };
     match p {
         Preset::Paper => base,
@@ -183,6 +192,10 @@ pub fn ddrm_config(
     set!(dropout);
     set!(inference);
     set!(propagate);
+    if let Some(v) = a.joint_lr {
+        c.joint_lr = v;
+    }
+    c.joint |= a.joint;
     if a.no_start_noise {
         c.noise_start = false;
     }
@@ -244,6 +257,48 @@ pub fn backend_embeddings(
     Ok((rc, ds, emb))
 }
 
+/// The trainable backend state for `--joint`: MF without extra propagation trains the
+/// embeddings directly; otherwise the ego embeddings are trained through the backend's
+/// layers and `--propagate` extra layers.
+fn joint_backend(
+    from: &std::path::Path,
+    brc: &RunConfig,
+    ds: &Dataset,
+    cfg: &DdrmConfig,
+) -> Result<JointBackend> {
+    let layers = if brc.config["model"]["backend"] == "mf" {
+        0
+    } else {
+        brc.config["model"]["layers"]
+            .as_u64()
+            .context("backend config.json: missing model.layers")? as usize
+    };
+    let n = ds.n_users() + ds.n_items();
+    if layers == 0 && cfg.propagate == 0 {
+        return Ok(JointBackend::direct(n, brc.dim, cfg.joint_lr));
+    }
+    let rd = RunDir::open(from)?;
+    let tf = rd.checkpoint(brc)?;
+    let (ego, rows, cols) = tf.get("ego")?;
+    if rows != n || cols != brc.dim {
+        bail!(
+            "checkpoint of {} has an ego tensor of shape {rows} x {cols}, expected {n} x {}",
+            from.display(),
+            brc.dim
+        );
+    }
+    let stages: Vec<usize> = [layers, cfg.propagate]
+        .into_iter()
+        .filter(|&l| l > 0)
+        .collect();
+    Ok(JointBackend::propagated(
+        ego.to_vec(),
+        Graph::new(ds),
+        stages,
+        cfg.joint_lr,
+    ))
+}
+
 /// Train DDRM into `out`; prints progress unless quiet.
 pub fn run_train_ddrm(
     cfg: DdrmConfig,
@@ -255,6 +310,9 @@ pub fn run_train_ddrm(
     let (brc, ds, emb) = backend_embeddings(from, cfg.propagate)?;
     let d = brc.dim;
     let mut model = Ddrm::new(cfg.clone(), emb, ds.n_users(), d)?;
+    if cfg.joint {
+        model.joint = Some(joint_backend(from, &brc, &ds, &cfg)?);
+    }
     let rd = RunDir::create(out)?;
     let rc = RunConfig {
         kind: "ddrm".into(),

@@ -5,10 +5,12 @@
 
 use super::denoiser::{Denoiser, DenoiserCache, DenoiserGrad};
 use super::schedule::{Schedule, ScheduleKind};
+use crate::backends::graph::Graph;
 use crate::backends::sampler::sample_epoch;
+use crate::backends::Model;
 use crate::data::{Dataset, Split};
 use crate::eval::{eval_users, evaluate_queries, Metrics};
-use crate::kernels::cpu::elementwise::{gather_rows, row_dots, sigmoid};
+use crate::kernels::cpu::elementwise::{axpy, gather_rows, row_dots, sigmoid};
 use crate::kernels::cpu::topk::PackedItems;
 use crate::kernels::cpu::Act;
 use crate::nn::{loss, Adam, AdamConfig};
@@ -83,6 +85,17 @@ pub struct DdrmConfig {
     pub propagate: usize,
     /// Cut-offs reported.
     pub ks: Vec<usize>,
+    /// Fine-tune the backend's embeddings jointly with the denoisers (the paper's Figure 2
+    /// reading) instead of keeping them frozen (the authors' code).
+    #[serde(default)]
+    pub joint: bool,
+    /// Adam learning rate of the backend embeddings under `joint`.
+    #[serde(default = "default_joint_lr")]
+    pub joint_lr: f32,
+}
+
+fn default_joint_lr() -> f32 {
+    1e-4
 }
 
 impl DdrmConfig {
@@ -109,6 +122,9 @@ impl DdrmConfig {
         if !(self.lr > 0.0 && self.lr.is_finite()) {
             bail!("--lr must be positive");
         }
+        if !(self.joint_lr > 0.0 && self.joint_lr.is_finite()) {
+            bail!("--joint-lr must be positive");
+        }
         Schedule::new(
             self.schedule,
             self.steps,
@@ -118,6 +134,16 @@ impl DdrmConfig {
         )?;
         Ok(())
     }
+}
+
+/// Outputs dL/de_u, dL/de_i, dL/de_j of [`ddrm_loss`] (rows of width `d`), for `--joint`.
+pub struct TargetGrads<'a> {
+    /// Through the user reconstruction target.
+    pub eu: &'a mut [f32],
+    /// Through the item reconstruction target.
+    pub ei: &'a mut [f32],
+    /// Through the negative's score.
+    pub ej: &'a mut [f32],
 }
 
 /// The parts of the DDRM loss of a batch.
@@ -134,7 +160,8 @@ pub struct LossParts {
 /// DDRM's loss on denoised user/positive embeddings `hat_u`, `hat_i` (rows of width `d`),
 /// targets `eu`, `ei` and un-denoised negatives `ej`: BPR on (ê_u·ê_i, ê_u·e_j), reconstruction
 /// (‖ê_u − e_u‖² + ‖ê_i − e_i‖²)/(2d), mixed by λ and weighted by w = σ(ê_u·ê_i)^γ (a constant
-/// in the gradient). Writes dL/dhat_u and dL/dhat_i.
+/// in the gradient). Writes dL/dhat_u and dL/dhat_i; with `dtargets`, also dL/de_u, dL/de_i
+/// (through the reconstruction targets) and dL/de_j (the negative), for `--joint`.
 #[allow(clippy::too_many_arguments)]
 pub fn ddrm_loss(
     hat_u: &[f32],
@@ -147,6 +174,7 @@ pub fn ddrm_loss(
     gamma: f32,
     dhu: &mut [f32],
     dhi: &mut [f32],
+    dtargets: Option<TargetGrads<'_>>,
 ) -> LossParts {
     let n = hat_u.len() / d.max(1);
     let (mut sp, mut sn) = (vec![0f32; n], vec![0f32; n]);
@@ -168,6 +196,18 @@ pub fn ddrm_loss(
     let l_bpr = loss::bpr(&sp, &sn, Some(&wb), &mut dp, &mut dn);
     let l_ru = loss::mse_rows(hat_u, eu, d, Some(&wr), dhu);
     let l_ri = loss::mse_rows(hat_i, ei, d, Some(&wr), dhi);
+    if let Some(t) = dtargets {
+        // the reconstruction is symmetric in (prediction, target); BPR touches e_j only
+        for k in 0..n * d {
+            t.eu[k] = -dhu[k];
+            t.ei[k] = -dhi[k];
+        }
+        for r in 0..n {
+            for j in 0..d {
+                t.ej[r * d + j] = dn[r] * hat_u[r * d + j];
+            }
+        }
+    }
     for r in 0..n {
         for j in 0..d {
             dhu[r * d + j] += dp[r] * hat_i[r * d + j] + dn[r] * ej[r * d + j];
@@ -201,10 +241,154 @@ pub struct Ddrm {
     pub user_dn: Denoiser,
     /// Item denoiser f_ψ (condition: the user's embedding).
     pub item_dn: Denoiser,
-    /// Backend embeddings `(U + I) x d` (frozen).
+    /// Backend embeddings `(U + I) x d` (frozen, unless `joint`).
     pub emb: Vec<f32>,
+    /// The backend's trainable state under `--joint`.
+    pub joint: Option<JointBackend>,
     n_users: usize,
     d: usize,
+}
+
+/// Backend embeddings fine-tuned with the denoisers (`--joint`). Without a graph the
+/// embeddings are [`Ddrm::emb`] themselves (MF), updated row-sparsely by lazy Adam; with one,
+/// `emb` is the propagation of `ego` through `stages` (layers per stage), recomputed before
+/// each batch, and the gradient flows back through it to `ego` (dense Adam).
+#[derive(Clone)]
+pub struct JointBackend {
+    /// Layer-0 embeddings `(U + I) x d` (graph backends; empty for MF).
+    pub ego: Vec<f32>,
+    graph: Option<Graph>,
+    stages: Vec<usize>,
+    adam: Adam,
+    slot: Vec<u32>,
+    bufs: Vec<Vec<f32>>,
+    tmp: Vec<f32>,
+}
+
+impl JointBackend {
+    /// MF: the embeddings themselves are trained.
+    pub fn direct(n_rows: usize, d: usize, lr: f32) -> Self {
+        JointBackend {
+            ego: vec![],
+            graph: None,
+            stages: vec![],
+            adam: Adam::new(AdamConfig::with_lr(lr), &[n_rows * d]),
+            slot: vec![u32::MAX; n_rows],
+            bufs: vec![],
+            tmp: vec![],
+        }
+    }
+
+    /// Graph backends: `emb = propagate(ego)` through `stages` of `graph`.
+    pub fn propagated(ego: Vec<f32>, graph: Graph, stages: Vec<usize>, lr: f32) -> Self {
+        let n = ego.len();
+        JointBackend {
+            adam: Adam::new(AdamConfig::with_lr(lr), &[n]),
+            ego,
+            graph: Some(graph),
+            stages,
+            slot: vec![],
+            bufs: vec![],
+            tmp: vec![],
+        }
+    }
+
+    /// Recompute `emb` from `ego` (graph backends; no-op for MF).
+    pub fn sync(&mut self, emb: &mut [f32], d: usize) {
+        let Some(g) = &self.graph else { return };
+        emb.copy_from_slice(&self.ego);
+        for &l in &self.stages {
+            self.tmp.clear();
+            self.tmp.extend_from_slice(emb);
+            Model::propagate(&[g], l, d, &self.tmp, emb, &mut self.bufs);
+        }
+    }
+
+    /// Chain rule from dL/d(emb) (dense) to dL/d(ego), written into `out`.
+    pub fn back(&mut self, g_emb: &[f32], d: usize, out: &mut Vec<f32>) {
+        out.clear();
+        out.extend_from_slice(g_emb);
+        if let Some(g) = &self.graph {
+            for &l in self.stages.iter().rev() {
+                self.tmp.clear();
+                self.tmp.extend_from_slice(out);
+                Model::propagate_back(&[g], l, d, &self.tmp, out, &mut self.bufs);
+            }
+        }
+    }
+
+    /// One Adam step from per-sample gradients `du`, `di`, `dj` of rows `users`, `pos_n`,
+    /// `neg_n` (node ids).
+    #[allow(clippy::too_many_arguments)]
+    fn step(
+        &mut self,
+        emb: &mut [f32],
+        d: usize,
+        users: &[u32],
+        pos_n: &[u32],
+        neg_n: &[u32],
+        g: &EmbGrads,
+    ) {
+        self.adam.begin_step();
+        if self.graph.is_none() {
+            let mut rows: Vec<u32> = Vec::with_capacity(3 * users.len());
+            for &node in users.iter().chain(pos_n).chain(neg_n) {
+                if self.slot[node as usize] == u32::MAX {
+                    self.slot[node as usize] = 0;
+                    rows.push(node);
+                }
+            }
+            rows.sort_unstable();
+            for (k, &r) in rows.iter().enumerate() {
+                self.slot[r as usize] = k as u32;
+            }
+            let mut gr = vec![0f32; rows.len() * d];
+            for (ids, src) in [(users, &g.du), (pos_n, &g.di), (neg_n, &g.dj)] {
+                for (k, &node) in ids.iter().enumerate() {
+                    let s = self.slot[node as usize] as usize;
+                    axpy(1.0, &src[k * d..(k + 1) * d], &mut gr[s * d..(s + 1) * d]);
+                }
+            }
+            self.adam.update_rows(0, emb, d, &rows, &gr);
+            for &r in &rows {
+                self.slot[r as usize] = u32::MAX;
+            }
+        } else {
+            let mut dense = vec![0f32; emb.len()];
+            g.scatter(users, pos_n, neg_n, d, &mut dense);
+            let mut dego = Vec::new();
+            self.back(&dense, d, &mut dego);
+            let mut ego = std::mem::take(&mut self.ego);
+            self.adam.update(0, &mut ego, &dego);
+            self.ego = ego;
+        }
+    }
+}
+
+/// Per-sample gradients of a batch's loss w.r.t. the gathered embeddings e_u, e_i, e_j.
+pub struct EmbGrads {
+    /// dL/de_u, `n x d`.
+    pub du: Vec<f32>,
+    /// dL/de_i, `n x d`.
+    pub di: Vec<f32>,
+    /// dL/de_j, `n x d`.
+    pub dj: Vec<f32>,
+}
+
+impl EmbGrads {
+    /// Accumulate into a dense `(U + I) x d` gradient.
+    pub fn scatter(&self, users: &[u32], pos_n: &[u32], neg_n: &[u32], d: usize, out: &mut [f32]) {
+        for (ids, src) in [(users, &self.du), (pos_n, &self.di), (neg_n, &self.dj)] {
+            for (k, &node) in ids.iter().enumerate() {
+                let node = node as usize;
+                axpy(
+                    1.0,
+                    &src[k * d..(k + 1) * d],
+                    &mut out[node * d..(node + 1) * d],
+                );
+            }
+        }
+    }
 }
 
 /// Per-epoch record.
@@ -233,6 +417,17 @@ struct Work {
     igrad: DenoiserGrad,
 }
 
+impl Work {
+    fn new(m: &Ddrm) -> Self {
+        Work {
+            ucache: DenoiserCache::default(),
+            icache: DenoiserCache::default(),
+            ugrad: m.user_dn.zero_grad(),
+            igrad: m.item_dn.zero_grad(),
+        }
+    }
+}
+
 impl Ddrm {
     /// A fresh DDRM over backend embeddings `emb` (`(U + I) x d`).
     pub fn new(cfg: DdrmConfig, emb: Vec<f32>, n_users: usize, d: usize) -> Result<Self> {
@@ -253,6 +448,7 @@ impl Ddrm {
             user_dn,
             item_dn,
             emb,
+            joint: None,
             n_users,
             d,
         })
@@ -291,6 +487,76 @@ impl Ddrm {
         wk: &mut Work,
     ) -> (f64, f64, f64) {
         let (d, n) = (self.d, users.len());
+        if let Some(jb) = self.joint.as_mut() {
+            jb.sync(&mut self.emb, d);
+        }
+        let steps: Vec<usize> = (0..n).map(|_| rng.index(self.cfg.steps)).collect();
+        let (mut eps_u, mut eps_i) = (vec![0f32; n * d], vec![0f32; n * d]);
+        Rng::fill_normal_par(&mut eps_u, 1.0, rng.next_u64());
+        Rng::fill_normal_par(&mut eps_i, 1.0, rng.next_u64());
+        let mut eg = self.joint.as_ref().map(|_| EmbGrads {
+            du: vec![0f32; n * d],
+            di: vec![0f32; n * d],
+            dj: vec![0f32; n * d],
+        });
+        let parts = self.forward_backward(
+            users,
+            pos,
+            neg,
+            &steps,
+            &eps_u,
+            &eps_i,
+            Some(rng),
+            wk,
+            eg.as_mut(),
+        );
+        for (k, (dn, g)) in [
+            (&mut self.item_dn, &wk.igrad),
+            (&mut self.user_dn, &wk.ugrad),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            if k == 1 && self.cfg.item_only {
+                break;
+            }
+            let o = &mut opt[1 - k];
+            o.begin_step();
+            for (i, (p, g)) in dn
+                .params_mut()
+                .into_iter()
+                .zip(Denoiser::grads(g))
+                .enumerate()
+            {
+                o.update(i, p, g);
+            }
+        }
+        if let (Some(jb), Some(eg)) = (self.joint.as_mut(), eg.as_ref()) {
+            let nu = self.n_users as u32;
+            let pos_n: Vec<u32> = pos.iter().map(|&i| i + nu).collect();
+            let neg_n: Vec<u32> = neg.iter().map(|&i| i + nu).collect();
+            jb.step(&mut self.emb, d, users, &pos_n, &neg_n, eg);
+        }
+        (parts.total, parts.bpr, parts.recon)
+    }
+
+    /// Loss of a batch with explicit diffusion steps and noise, its denoiser gradients (into
+    /// `wk`) and, with `emb_grads`, its gradients w.r.t. the gathered embeddings (`--joint`).
+    /// `dropout_rng` applies dropout (training).
+    #[allow(clippy::too_many_arguments)]
+    fn forward_backward(
+        &self,
+        users: &[u32],
+        pos: &[u32],
+        neg: &[u32],
+        steps: &[usize],
+        eps_u: &[f32],
+        eps_i: &[f32],
+        mut dropout_rng: Option<&mut Rng>,
+        wk: &mut Work,
+        emb_grads: Option<&mut EmbGrads>,
+    ) -> LossParts {
+        let (d, n) = (self.d, users.len());
         let nu = self.n_users as u32;
         let pos_n: Vec<u32> = pos.iter().map(|&i| i + nu).collect();
         let neg_n: Vec<u32> = neg.iter().map(|&i| i + nu).collect();
@@ -298,26 +564,51 @@ impl Ddrm {
         gather_rows(&self.emb, d, users, &mut eu);
         gather_rows(&self.emb, d, &pos_n, &mut ei);
         gather_rows(&self.emb, d, &neg_n, &mut ej);
-        let steps: Vec<usize> = (0..n).map(|_| rng.index(self.cfg.steps)).collect();
         let stepf: Vec<f32> = steps.iter().map(|&t| t as f32).collect();
-        let mut eps = vec![0f32; n * d];
         let (mut xu, mut xi) = (vec![0f32; n * d], vec![0f32; n * d]);
-        Rng::fill_normal_par(&mut eps, 1.0, rng.next_u64());
-        self.noise_into(&eu, &steps, &eps, &mut xu);
-        Rng::fill_normal_par(&mut eps, 1.0, rng.next_u64());
-        self.noise_into(&ei, &steps, &eps, &mut xi);
+        self.noise_into(&eu, steps, eps_u, &mut xu);
+        self.noise_into(&ei, steps, eps_i, &mut xi);
         let hat_u: Vec<f32> = if self.cfg.item_only {
             eu.clone()
         } else {
             self.user_dn
-                .forward(&xu, &stepf, &ei, n, Some(rng), &mut wk.ucache)
+                .forward(
+                    &xu,
+                    &stepf,
+                    &ei,
+                    n,
+                    dropout_rng.as_deref_mut(),
+                    &mut wk.ucache,
+                )
                 .to_vec()
         };
         let hat_i = self
             .item_dn
-            .forward(&xi, &stepf, &eu, n, Some(rng), &mut wk.icache)
+            .forward(&xi, &stepf, &eu, n, dropout_rng, &mut wk.icache)
             .to_vec();
         let (mut dhu, mut dhi) = (vec![0f32; n * d], vec![0f32; n * d]);
+        let Some(eg) = emb_grads else {
+            let parts = ddrm_loss(
+                &hat_u,
+                &hat_i,
+                &eu,
+                &ei,
+                &ej,
+                d,
+                self.cfg.lambda,
+                self.cfg.gamma,
+                &mut dhu,
+                &mut dhi,
+                None,
+            );
+            self.item_dn
+                .backward(n, &mut wk.icache, &dhi, &mut wk.igrad, None, None);
+            if !self.cfg.item_only {
+                self.user_dn
+                    .backward(n, &mut wk.ucache, &dhu, &mut wk.ugrad, None, None);
+            }
+            return parts;
+        };
         let parts = ddrm_loss(
             &hat_u,
             &hat_i,
@@ -329,34 +620,88 @@ impl Ddrm {
             self.cfg.gamma,
             &mut dhu,
             &mut dhi,
+            Some(TargetGrads {
+                eu: &mut eg.du,
+                ei: &mut eg.di,
+                ej: &mut eg.dj,
+            }),
         );
-        self.item_dn
-            .backward(n, &mut wk.icache, &dhi, &mut wk.igrad, None, None);
-        opt[1].begin_step();
-        for (k, (p, g)) in self
-            .item_dn
-            .params_mut()
-            .into_iter()
-            .zip(Denoiser::grads(&wk.igrad))
-            .enumerate()
-        {
-            opt[1].update(k, p, g);
+        // e_u: reconstruction target (above), the item denoiser's condition, and either the
+        // user denoiser's noisy input (x_u = a_t e_u + b_t ε) or, item-only, ê_u = e_u itself
+        let (mut dx, mut dc) = (vec![0f32; n * d], vec![0f32; n * d]);
+        self.item_dn.backward(
+            n,
+            &mut wk.icache,
+            &dhi,
+            &mut wk.igrad,
+            Some(&mut dx),
+            Some(&mut dc),
+        );
+        axpy(1.0, &dc, &mut eg.du);
+        self.add_noised_input_grad(steps, &dx, &mut eg.di);
+        if self.cfg.item_only {
+            axpy(1.0, &dhu, &mut eg.du);
+        } else {
+            self.user_dn.backward(
+                n,
+                &mut wk.ucache,
+                &dhu,
+                &mut wk.ugrad,
+                Some(&mut dx),
+                Some(&mut dc),
+            );
+            axpy(1.0, &dc, &mut eg.di);
+            self.add_noised_input_grad(steps, &dx, &mut eg.du);
         }
-        if !self.cfg.item_only {
-            self.user_dn
-                .backward(n, &mut wk.ucache, &dhu, &mut wk.ugrad, None, None);
-            opt[0].begin_step();
-            for (k, (p, g)) in self
-                .user_dn
-                .params_mut()
-                .into_iter()
-                .zip(Denoiser::grads(&wk.ugrad))
-                .enumerate()
-            {
-                opt[0].update(k, p, g);
-            }
+        parts
+    }
+
+    /// dL/de_0 += a_t · dL/dx_t row by row (the noise scale of `dynamic_noise` is held
+    /// constant in the gradient).
+    fn add_noised_input_grad(&self, steps: &[usize], dx: &[f32], out: &mut [f32]) {
+        let d = self.d;
+        for (r, &t) in steps.iter().enumerate() {
+            let (a, _) = self.schedule.q_coefs(t);
+            axpy(a, &dx[r * d..(r + 1) * d], &mut out[r * d..(r + 1) * d]);
         }
-        (parts.total, parts.bpr, parts.recon)
+    }
+
+    /// The loss of one batch with explicit steps and noise (no dropout), and its gradient
+    /// w.r.t. the embeddings [`Self::emb`] as a dense `(U + I) x d` matrix. No parameter
+    /// changes; used to check the `--joint` chain rule against finite differences.
+    pub fn batch_loss_and_emb_grad(
+        &self,
+        users: &[u32],
+        pos: &[u32],
+        neg: &[u32],
+        steps: &[usize],
+        eps_u: &[f32],
+        eps_i: &[f32],
+    ) -> (f64, Vec<f32>) {
+        let (d, n) = (self.d, users.len());
+        let mut wk = Work::new(self);
+        let mut eg = EmbGrads {
+            du: vec![0f32; n * d],
+            di: vec![0f32; n * d],
+            dj: vec![0f32; n * d],
+        };
+        let parts = self.forward_backward(
+            users,
+            pos,
+            neg,
+            steps,
+            eps_u,
+            eps_i,
+            None,
+            &mut wk,
+            Some(&mut eg),
+        );
+        let nu = self.n_users as u32;
+        let pos_n: Vec<u32> = pos.iter().map(|&i| i + nu).collect();
+        let neg_n: Vec<u32> = neg.iter().map(|&i| i + nu).collect();
+        let mut dense = vec![0f32; self.emb.len()];
+        eg.scatter(users, &pos_n, &neg_n, d, &mut dense);
+        (parts.total, dense)
     }
 
     /// Query vectors (denoised item embeddings, `users.len() x d`) for `users` (Algorithm 2).
@@ -450,6 +795,83 @@ pub struct DdrmOutcome {
     pub eval_seconds: f64,
 }
 
+/// Mean losses of one training epoch.
+#[derive(Clone, Copy, Debug)]
+pub struct EpochStats {
+    /// Mean weighted total loss.
+    pub loss: f64,
+    /// Mean unweighted BPR loss.
+    pub bpr: f64,
+    /// Mean unweighted reconstruction loss.
+    pub recon: f64,
+    /// Training samples (triplets) in the epoch.
+    pub samples: usize,
+}
+
+/// Optimizer state and scratch of DDRM training; one epoch at a time (also used by
+/// `ddrm bench`).
+pub struct DdrmTrainer {
+    opt: [Adam; 2],
+    wk: Work,
+}
+
+impl DdrmTrainer {
+    /// Fresh Adam state for `model`'s two denoisers.
+    pub fn new(model: &Ddrm) -> Self {
+        let sizes = |dn: &Denoiser| -> Vec<usize> {
+            let mut v = vec![dn.step_layer.w.len(), dn.step_layer.b.len()];
+            for l in &dn.mlp.layers {
+                v.push(l.w.len());
+                v.push(l.b.len());
+            }
+            v
+        };
+        let mut acfg = AdamConfig::with_lr(model.cfg.lr);
+        acfg.weight_decay = model.cfg.weight_decay;
+        DdrmTrainer {
+            opt: [
+                Adam::new(acfg, &sizes(&model.user_dn)),
+                Adam::new(acfg, &sizes(&model.item_dn)),
+            ],
+            wk: Work::new(model),
+        }
+    }
+
+    /// One epoch of Algorithm 1 over freshly sampled triplets (deterministic in the seed
+    /// and `epoch`).
+    pub fn epoch(&mut self, model: &mut Ddrm, ds: &Dataset, epoch: usize) -> EpochStats {
+        let (seed, batch) = (model.cfg.seed, model.cfg.batch);
+        let trip = sample_epoch(&ds.train(), seed, 0xD000 + epoch as u64);
+        let mut rng = Rng::stream(seed, 0xDD00_0000 + epoch as u64);
+        let (mut l, mut lb, mut lr, mut nb) = (0f64, 0f64, 0f64, 0usize);
+        for s in (0..trip.users.len()).step_by(batch) {
+            let e = (s + batch).min(trip.users.len());
+            let (a, b, c) = model.train_batch(
+                &trip.users[s..e],
+                &trip.pos[s..e],
+                &trip.neg[s..e],
+                &mut rng,
+                &mut self.opt,
+                &mut self.wk,
+            );
+            l += a;
+            lb += b;
+            lr += c;
+            nb += 1;
+        }
+        if let Some(jb) = model.joint.as_mut() {
+            jb.sync(&mut model.emb, model.d);
+        }
+        let nbf = nb.max(1) as f64;
+        EpochStats {
+            loss: l / nbf,
+            bpr: lb / nbf,
+            recon: lr / nbf,
+            samples: trip.users.len(),
+        }
+    }
+}
+
 /// Train DDRM (Algorithm 1) with validation and early stopping; restores the best epoch.
 pub fn train_ddrm(
     model: &mut Ddrm,
@@ -458,71 +880,34 @@ pub fn train_ddrm(
     mut on_record: impl FnMut(&DdrmRecord),
 ) -> DdrmOutcome {
     let cfg = model.cfg.clone();
-    let sizes = |dn: &Denoiser| -> Vec<usize> {
-        let mut v = vec![dn.step_layer.w.len(), dn.step_layer.b.len()];
-        for l in &dn.mlp.layers {
-            v.push(l.w.len());
-            v.push(l.b.len());
-        }
-        v
-    };
-    let mut acfg = AdamConfig::with_lr(cfg.lr);
-    acfg.weight_decay = cfg.weight_decay;
-    let mut opt = [
-        Adam::new(acfg, &sizes(&model.user_dn)),
-        Adam::new(acfg, &sizes(&model.item_dn)),
-    ];
-    let mut wk = Work {
-        ucache: DenoiserCache::default(),
-        icache: DenoiserCache::default(),
-        ugrad: model.user_dn.zero_grad(),
-        igrad: model.item_dn.zero_grad(),
-    };
-    let mut best: Option<(usize, Metrics, Denoiser, Denoiser)> = None;
+    let mut trainer = DdrmTrainer::new(model);
+    // best epoch: its denoisers and, under --joint, its embeddings
+    type Snapshot = (Denoiser, Denoiser, Option<(Vec<f32>, JointBackend)>);
+    let mut best: Option<(usize, Metrics, Snapshot)> = None;
     let mut history = Vec::new();
     let mut since = 0usize;
     let (mut tsum, mut fsum, mut ne) = (0f64, 0f64, 0usize);
     let bar = progress::bar(cfg.epochs as u64, "DDRM", quiet);
     for epoch in 1..=cfg.epochs {
         let t0 = Instant::now();
-        let trip = sample_epoch(&ds.train(), cfg.seed, 0xD000 + epoch as u64);
-        let mut rng = Rng::stream(cfg.seed, 0xDD00_0000 + epoch as u64);
-        let (mut l, mut lb, mut lr, mut nb) = (0f64, 0f64, 0f64, 0usize);
-        for s in (0..trip.users.len()).step_by(cfg.batch) {
-            let e = (s + cfg.batch).min(trip.users.len());
-            let (a, b, c) = model.train_batch(
-                &trip.users[s..e],
-                &trip.pos[s..e],
-                &trip.neg[s..e],
-                &mut rng,
-                &mut opt,
-                &mut wk,
-            );
-            l += a;
-            lb += b;
-            lr += c;
-            nb += 1;
-        }
+        let st = trainer.epoch(model, ds, epoch);
         let secs = t0.elapsed().as_secs_f64();
-        let gf = model.flops_per_sample() * trip.users.len() as f64 / secs / 1e9;
+        let gf = model.flops_per_sample() * st.samples as f64 / secs / 1e9;
         tsum += secs;
         fsum += gf;
         ne += 1;
         bar.inc(1);
         bar.set_prefix(format!(
             "loss {:.4} {:.1}s/epoch {:.0} GFLOP/s",
-            l / nb as f64,
-            secs,
-            gf
+            st.loss, secs, gf
         ));
         if epoch % cfg.eval_every == 0 || epoch == cfg.epochs {
             let valid = model.evaluate(ds, Split::Valid, cfg.seed);
-            let nbf = nb.max(1) as f64;
             let rec = DdrmRecord {
                 epoch,
-                loss: l / nbf,
-                bpr: lb / nbf,
-                recon: lr / nbf,
+                loss: st.loss,
+                bpr: st.bpr,
+                recon: st.recon,
                 train_seconds: secs,
                 gflops: gf,
                 valid: valid.clone(),
@@ -533,7 +918,12 @@ pub fn train_ddrm(
                 .as_ref()
                 .is_none_or(|b| valid.recall(20) > b.1.recall(20))
             {
-                best = Some((epoch, valid, model.user_dn.clone(), model.item_dn.clone()));
+                let joint = model.joint.as_ref().map(|j| (model.emb.clone(), j.clone()));
+                best = Some((
+                    epoch,
+                    valid,
+                    (model.user_dn.clone(), model.item_dn.clone(), joint),
+                ));
                 since = 0;
             } else {
                 since += 1;
@@ -544,7 +934,11 @@ pub fn train_ddrm(
         }
     }
     bar.finish_and_clear();
-    let (best_epoch, best_valid, u, i) = best.expect("at least one validation");
+    let (best_epoch, best_valid, (u, i, joint)) = best.expect("at least one validation");
+    if let Some((emb, jb)) = joint {
+        model.emb = emb;
+        model.joint = Some(jb);
+    }
     model.user_dn = u;
     model.item_dn = i;
     let t0 = Instant::now();
