@@ -120,6 +120,17 @@ proptest! {
         let mut grad = dn.zero_grad();
         let (mut dx, mut dc) = (vec![0f32; n * d], vec![0f32; n * d]);
         dn.backward(n, &mut cache, &g, &mut grad, Some(&mut dx), Some(&mut dc));
+        // without input gradients only the step columns of the first layer's dx are formed:
+        // the parameter gradients must not change
+        let mut cache2 = DenoiserCache::default();
+        dn.forward(&xt, &steps, &c, n, None, &mut cache2);
+        let mut grad2 = dn.zero_grad();
+        dn.backward(n, &mut cache2, &g, &mut grad2, None, None);
+        for (t, (a, b)) in Denoiser::grads(&grad).iter().zip(Denoiser::grads(&grad2)).enumerate() {
+            for (x, y) in a.iter().zip(b) {
+                prop_assert!((x - y).abs() <= 1e-5 * (1.0 + x.abs()), "param {t}: {x} vs {y} without input gradients");
+            }
+        }
 
         // f64 reference: flat parameter vector in params_mut order
         let mut dn2 = dn.clone();

@@ -22,7 +22,7 @@ proptest! {
 
     #[test]
     fn gemm_matches_reference_in_all_transposition_forms(
-        m in 0usize..40, n in 0usize..70, k in 0usize..300, ta: bool, tb: bool,
+        m in 0usize..160, n in 0usize..70, k in 0usize..300, ta: bool, tb: bool,
         beta in prop::sample::select(vec![0.0f32, 1.0, -0.5]), seed in 0u64..1000
     ) {
         let mut r = ddrm::util::rng::Rng::new(seed);

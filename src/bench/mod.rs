@@ -167,7 +167,7 @@ fn ab_with(
         return (a1, vec![]);
     };
     let b1 = run_reference(ctx, op, dir, &fws, reps, warmup);
-    let a2 = time(0, reps, &mut f);
+    let a2 = time(warmup, reps, &mut f);
     let b2 = run_reference(ctx, op, dir, &fws, reps, warmup);
     let a = Timing {
         median_ms: (a1.median_ms + a2.median_ms) / 2.0,

@@ -31,8 +31,8 @@ pub struct BenchArgs {
     /// Device.
     #[arg(long, default_value = "cpu")]
     pub device: String,
-    /// Timed repetitions per row.
-    #[arg(long, default_value_t = 5)]
+    /// Timed repetitions per row (per A/B round; whole epochs are timed once per round).
+    #[arg(long, default_value_t = 10)]
     pub reps: usize,
     /// Frameworks to compare with: numpy, scipy, faiss, torch (comma separated).
     #[arg(long, value_delimiter = ',')]

@@ -178,20 +178,34 @@ impl Denoiser {
     ) {
         let (d, sd) = (self.d, self.step_dim);
         let w = 2 * d + sd;
-        cache.dinput.resize(n * w, 0.0);
         let input = std::mem::take(&mut cache.input);
-        let mut dinput = std::mem::take(&mut cache.dinput);
-        self.mlp.backward(
-            &input,
-            n,
-            &mut cache.mlp,
-            dout,
-            &mut g.mlp,
-            Some(&mut dinput),
-        );
         let mut dtemb = vec![0f32; n * sd];
-        for r in 0..n {
-            dtemb[r * sd..(r + 1) * sd].copy_from_slice(&dinput[r * w + d..r * w + d + sd]);
+        let need_inputs = dxt.is_some() || dcond.is_some();
+        let mut dinput = std::mem::take(&mut cache.dinput);
+        if need_inputs {
+            dinput.resize(n * w, 0.0);
+            self.mlp.backward(
+                &input,
+                n,
+                &mut cache.mlp,
+                dout,
+                &mut g.mlp,
+                Some(&mut dinput),
+            );
+            for r in 0..n {
+                dtemb[r * sd..(r + 1) * sd].copy_from_slice(&dinput[r * w + d..r * w + d + sd]);
+            }
+        } else {
+            // only the step-embedding columns of the input gradient are needed
+            self.mlp.backward_input_cols(
+                &input,
+                n,
+                &mut cache.mlp,
+                dout,
+                &mut g.mlp,
+                d..d + sd,
+                &mut dtemb,
+            );
         }
         self.step_layer.backward(
             &cache.enc,

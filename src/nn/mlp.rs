@@ -119,4 +119,37 @@ impl Mlp {
             }
         }
     }
+
+    /// [`Self::backward`] computing only the input-gradient columns `cols` into `dx`
+    /// (`n x cols.len()`): when only part of the input needs a gradient, the rest of the
+    /// first layer's `dy · Wᵀ` is skipped.
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward_input_cols(
+        &self,
+        x: &[f32],
+        n: usize,
+        cache: &mut MlpCache,
+        dout: &[f32],
+        grads: &mut [LinearGrad],
+        cols: std::ops::Range<usize>,
+        dx: &mut [f32],
+    ) {
+        self.backward(x, n, cache, dout, grads, None);
+        // after the backward, grad_a holds dL/d(pre-activation) of the first layer
+        let l0 = &self.layers[0];
+        assert!(cols.end <= l0.din && dx.len() == n * cols.len());
+        let w = &l0.w[cols.start * l0.dout..cols.end * l0.dout];
+        crate::kernels::cpu::gemm(
+            false,
+            true,
+            n,
+            cols.len(),
+            l0.dout,
+            1.0,
+            &cache.grad_a,
+            w,
+            0.0,
+            dx,
+        );
+    }
 }

@@ -153,19 +153,42 @@ pub fn gemm_ex(
     }
     let threads = rayon::current_num_threads().max(1);
     let m_panels = m.div_ceil(MR);
-    let mut ap = vec![0f32; m_panels * MR * KC.min(k)];
-    let mut bp = vec![0f32; NC.min(n).div_ceil(NR) * NR * KC.min(k)];
+    let direct_a = cfg!(target_arch = "x86_64") && isa == Isa::Avx2Fma;
+    // packing buffers reused across calls (taken out of the thread-local, so a nested call
+    // on this thread simply allocates its own); fresh buffers cost page faults every call
+    let a_len = m_panels * MR * KC.min(k);
+    let b_len = NC.min(n).div_ceil(NR) * NR * KC.min(k);
+    let (mut ap, mut bp) = PACK.with(|p| std::mem::take(&mut *p.borrow_mut()));
+    ap.resize(ap.len().max(a_len), 0.0);
+    bp.resize(bp.len().max(b_len), 0.0);
     let cptr = SendPtr(c.as_mut_ptr());
     for jc in (0..n).step_by(NC) {
         let nc = NC.min(n - jc);
         let n_panels = nc.div_ceil(NR);
         for pc in (0..k).step_by(KC) {
             let kc = KC.min(k - pc);
-            // pack A (all rows, this K block) and B (this N block, this K block)
-            ap[..m_panels * MR * kc]
-                .par_chunks_mut(MR * kc)
-                .enumerate()
-                .for_each(|(ip, dst)| pack_a(a, ta, m, k, ip * MR, pc, kc, dst));
+            // pack A (all rows, this K block; on AVX2 only the partial tail panel, full
+            // panels are read in place) and B (this N block, this K block)
+            if direct_a {
+                if !m.is_multiple_of(MR) {
+                    let ip = m_panels - 1;
+                    pack_a(
+                        a,
+                        ta,
+                        m,
+                        k,
+                        ip * MR,
+                        pc,
+                        kc,
+                        &mut ap[ip * MR * kc..(ip + 1) * MR * kc],
+                    );
+                }
+            } else {
+                ap[..m_panels * MR * kc]
+                    .par_chunks_mut(MR * kc)
+                    .enumerate()
+                    .for_each(|(ip, dst)| pack_a(a, ta, m, k, ip * MR, pc, kc, dst));
+            }
             bp[..n_panels * NR * kc]
                 .par_chunks_mut(NR * kc)
                 .enumerate()
@@ -183,16 +206,57 @@ pub fn gemm_ex(
                 let i1 = (i0 + MC).min(m);
                 let jp0 = nb * panels_per_chunk;
                 let jp1 = (jp0 + panels_per_chunk).min(n_panels);
-                for ip in (i0 / MR)..i1.div_ceil(MR) {
-                    let rows = MR.min(m - ip * MR);
-                    let a_panel = &ap[ip * MR * kc..(ip + 1) * MR * kc];
-                    for jp in jp0..jp1 {
-                        let col = jc + jp * NR;
-                        let cols = NR.min(jc + nc - col);
-                        let b_panel = &bp[jp * NR * kc..(jp + 1) * NR * kc];
-                        // SAFETY: each task owns a disjoint (rows, cols) region of C.
+                // B micro-panel outer (stays in L1), A micro-panels of the MC block inner
+                // (the block stays in L2)
+                for jp in jp0..jp1 {
+                    let col = jc + jp * NR;
+                    let cols = NR.min(jc + nc - col);
+                    let b_panel = &bp[jp * NR * kc..(jp + 1) * NR * kc];
+                    for ip in (i0 / MR)..i1.div_ceil(MR) {
+                        let rows = MR.min(m - ip * MR);
+                        let a_panel = &ap[ip * MR * kc..(ip + 1) * MR * kc];
+                        // SAFETY: each task owns a disjoint (rows, cols) region of C; a
+                        // full panel read in place lies inside A (checked on entry).
                         unsafe {
                             let cp = cptr.get().add(ip * MR * n + col);
+                            #[cfg(target_arch = "x86_64")]
+                            if direct_a && rows == MR && cols == NR {
+                                let (off, rs, cs) = if ta {
+                                    (pc * m + ip * MR, 1, m)
+                                } else {
+                                    (ip * MR * k + pc, k, 1)
+                                };
+                                avx2::kernel_to_c(
+                                    kc,
+                                    a.as_ptr().add(off),
+                                    rs,
+                                    cs,
+                                    b_panel.as_ptr(),
+                                    cp,
+                                    n,
+                                    alpha,
+                                    beta_eff,
+                                );
+                                continue;
+                            }
+                            if direct_a && rows == MR {
+                                // partial columns: through a locally packed panel
+                                let mut tmp = [0f32; MR * KC];
+                                pack_a(a, ta, m, k, ip * MR, pc, kc, &mut tmp[..MR * kc]);
+                                micro_kernel(
+                                    isa,
+                                    kc,
+                                    &tmp[..MR * kc],
+                                    b_panel,
+                                    cp,
+                                    n,
+                                    rows,
+                                    cols,
+                                    alpha,
+                                    beta_eff,
+                                );
+                                continue;
+                            }
                             micro_kernel(
                                 isa, kc, a_panel, b_panel, cp, n, rows, cols, alpha, beta_eff,
                             );
@@ -214,6 +278,11 @@ pub fn gemm_ex(
             });
         }
     }
+    PACK.with(|p| *p.borrow_mut() = (ap, bp));
+}
+
+thread_local! {
+    static PACK: std::cell::RefCell<(Vec<f32>, Vec<f32>)> = const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
 }
 
 fn apply_epilogue(row: &mut [f32], epi: Epilogue) {
@@ -311,6 +380,11 @@ pub unsafe fn micro_kernel(
     beta: f32,
 ) {
     debug_assert!(a.len() >= kc * MR && b.len() >= kc * NR);
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx2Fma && rows == MR && cols == NR {
+        avx2::kernel_to_c(kc, a.as_ptr(), 1, MR, b.as_ptr(), c, ldc, alpha, beta);
+        return;
+    }
     let mut tile = [0f32; MR * NR];
     match isa {
         #[cfg(target_arch = "x86_64")]
@@ -358,9 +432,60 @@ mod avx2 {
     use super::{MR, NR};
     use std::arch::x86_64::*;
 
+    /// The full 6 x 16 tile written straight into C: `C = alpha * acc + beta * C` (C not
+    /// read when beta == 0).
+    #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn kernel_to_c(
+        kc: usize,
+        a: *const f32,
+        rs: usize,
+        cs: usize,
+        b: *const f32,
+        c: *mut f32,
+        ldc: usize,
+        alpha: f32,
+        beta: f32,
+    ) {
+        let mut tile = [0f32; MR * NR];
+        kernel_strided(kc, a, rs, cs, b, &mut tile);
+        let va = _mm256_set1_ps(alpha);
+        let vb = _mm256_set1_ps(beta);
+        let t = tile.as_ptr();
+        for i in 0..MR {
+            for h in 0..2 {
+                let acc = _mm256_loadu_ps(t.add(i * NR + 8 * h));
+                let cp = c.add(i * ldc + 8 * h);
+                let v = if beta == 0.0 {
+                    _mm256_mul_ps(va, acc)
+                } else {
+                    _mm256_fmadd_ps(va, acc, _mm256_mul_ps(vb, _mm256_loadu_ps(cp)))
+                };
+                _mm256_storeu_ps(cp, v);
+            }
+        }
+    }
+
     /// AVX2 + FMA 6 x 16 micro-kernel: 12 accumulators, 2 B vectors, 1 broadcast.
     #[target_feature(enable = "avx2,fma")]
+    #[inline]
     pub unsafe fn kernel(kc: usize, a: *const f32, b: *const f32, tile: &mut [f32; MR * NR]) {
+        kernel_strided(kc, a, 1, MR, b, tile)
+    }
+
+    /// The micro-kernel reading A in place: element (r, p) of the 6-row panel at
+    /// `a[r * rs + p * cs]` (packed: rs = 1, cs = MR; row-major A: rs = lda, cs = 1;
+    /// transposed A: rs = 1, cs = lda).
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    pub unsafe fn kernel_strided(
+        kc: usize,
+        a: *const f32,
+        rs: usize,
+        cs: usize,
+        b: *const f32,
+        tile: &mut [f32; MR * NR],
+    ) {
         let mut c00 = _mm256_setzero_ps();
         let mut c01 = _mm256_setzero_ps();
         let mut c10 = _mm256_setzero_ps();
@@ -381,22 +506,22 @@ mod avx2 {
             let a0 = _mm256_broadcast_ss(&*ap);
             c00 = _mm256_fmadd_ps(a0, b0, c00);
             c01 = _mm256_fmadd_ps(a0, b1, c01);
-            let a1 = _mm256_broadcast_ss(&*ap.add(1));
+            let a1 = _mm256_broadcast_ss(&*ap.add(rs));
             c10 = _mm256_fmadd_ps(a1, b0, c10);
             c11 = _mm256_fmadd_ps(a1, b1, c11);
-            let a2 = _mm256_broadcast_ss(&*ap.add(2));
+            let a2 = _mm256_broadcast_ss(&*ap.add(2 * rs));
             c20 = _mm256_fmadd_ps(a2, b0, c20);
             c21 = _mm256_fmadd_ps(a2, b1, c21);
-            let a3 = _mm256_broadcast_ss(&*ap.add(3));
+            let a3 = _mm256_broadcast_ss(&*ap.add(3 * rs));
             c30 = _mm256_fmadd_ps(a3, b0, c30);
             c31 = _mm256_fmadd_ps(a3, b1, c31);
-            let a4 = _mm256_broadcast_ss(&*ap.add(4));
+            let a4 = _mm256_broadcast_ss(&*ap.add(4 * rs));
             c40 = _mm256_fmadd_ps(a4, b0, c40);
             c41 = _mm256_fmadd_ps(a4, b1, c41);
-            let a5 = _mm256_broadcast_ss(&*ap.add(5));
+            let a5 = _mm256_broadcast_ss(&*ap.add(5 * rs));
             c50 = _mm256_fmadd_ps(a5, b0, c50);
             c51 = _mm256_fmadd_ps(a5, b1, c51);
-            ap = ap.add(MR);
+            ap = ap.add(cs);
             bp = bp.add(NR);
         }
         let t = tile.as_mut_ptr();
