@@ -204,6 +204,37 @@ fn backends_and_ddrm_train_evaluate_and_recommend() {
         "512",
     ]);
 
+    // posterior sampling and cosine rounding: seeded, so eval reproduces the result
+    let sc = run("mf-sample-cos");
+    ok(&[
+        "-q",
+        "--threads",
+        "2",
+        "train",
+        "--denoise",
+        "ddrm",
+        "--from",
+        &mf,
+        "--out",
+        &sc,
+        "--epochs",
+        "1",
+        "--eval-every",
+        "1",
+        "--hidden",
+        "8",
+        "--steps",
+        "4",
+        "--batch",
+        "512",
+        "--sample",
+        "--rounding",
+        "cosine",
+    ]);
+    let ev: serde_json::Value =
+        serde_json::from_str(&ok(&["--threads", "2", "eval", "--run", &sc, "--json"])).unwrap();
+    assert_eq!(ev, test_metrics(Path::new(&sc)), "sampling + cosine");
+
     // --joint: the backend embeddings are fine-tuned (MF directly, LightGCN through its
     // propagation); the checkpoint holds the tuned embeddings and eval reproduces the result
     for (backend, name) in [(&mf, "mf-joint"), (&run("lightgcn"), "lgn-joint")] {

@@ -304,3 +304,55 @@ fn recall_and_ndcg_match_a_hand_computed_example() {
     let n5 = ((l(1) + l(2)) / (l(0) + l(1) + l(2)) + 1.0) / 2.0;
     assert!((m.recall(5) - r5).abs() < 1e-12 && (m.ndcg(5) - n5).abs() < 1e-12);
 }
+
+#[test]
+fn posterior_sampling_and_cosine_rounding_change_what_they_should() {
+    use ddrm::data::synth::{generate, SynthConfig};
+    use ddrm::diffusion::ddrm::Rounding;
+    let parts = generate(&SynthConfig {
+        users: 50,
+        items: 40,
+        interactions: 900,
+        item_exponent: 0.9,
+        user_exponent: 0.6,
+        seed: 3,
+    })
+    .unwrap();
+    let ds = ddrm::data::Dataset::from_parts(&parts).unwrap();
+    let d = 8;
+    let mut emb = vec![0f32; (ds.n_users() + ds.n_items()) * d];
+    Rng::new(1).fill_normal(&mut emb, 1.0);
+    let mk = |sample: bool, rounding: Rounding| {
+        let args = DdrmArgs {
+            hidden: Some(vec![16]),
+            steps: Some(5),
+            noise_scale: Some(0.1),
+            noise_min: Some(0.1),
+            noise_max: Some(0.5),
+            sample,
+            rounding: Some(rounding),
+            ..Default::default()
+        };
+        let cfg = ddrm_config(&args, None, None, Some(1), 1, 1, 1, &[20]).unwrap();
+        Ddrm::new(cfg, emb.clone(), ds.n_users(), d).unwrap()
+    };
+    let users: Vec<u32> = (0..10).collect();
+    let mean = mk(false, Rounding::Inner).infer(&ds, &users, 5);
+    let sampled = mk(true, Rounding::Inner).infer(&ds, &users, 5);
+    assert_ne!(mean, sampled, "--sample must add posterior noise");
+    assert_eq!(
+        sampled,
+        mk(true, Rounding::Inner).infer(&ds, &users, 5),
+        "seeded"
+    );
+    let inner = mk(false, Rounding::Inner);
+    assert_eq!(&*inner.item_embeddings(), &emb[ds.n_users() * d..]);
+    let cos = mk(false, Rounding::Cosine);
+    for row in cos.item_embeddings().chunks(d) {
+        let n: f32 = row.iter().map(|x| x * x).sum::<f32>().sqrt();
+        assert!(
+            (n - 1.0).abs() < 1e-5,
+            "cosine rounding normalizes items: norm {n}"
+        );
+    }
+}

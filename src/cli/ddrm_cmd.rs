@@ -5,7 +5,7 @@ use super::run_dir::{RunConfig, RunDir, RunResult};
 use crate::backends::graph::Graph;
 use crate::backends::Model;
 use crate::data::Dataset;
-use crate::diffusion::ddrm::{train_ddrm, Ddrm, DdrmConfig, Inference, JointBackend};
+use crate::diffusion::ddrm::{train_ddrm, Ddrm, DdrmConfig, Inference, JointBackend, Rounding};
 use crate::diffusion::denoiser::Denoiser;
 use crate::diffusion::schedule::ScheduleKind;
 use crate::kernels::cpu::Act;
@@ -96,6 +96,12 @@ pub struct DdrmArgs {
     /// Adam learning rate of the backend embeddings under --joint.
     #[arg(long)]
     pub joint_lr: Option<f32>,
+    /// Sample each reverse step from the posterior instead of taking its mean.
+    #[arg(long)]
+    pub sample: bool,
+    /// Rounding of the denoised embedding to items.
+    #[arg(long, value_enum)]
+    pub rounding: Option<Rounding>,
 }
 
 fn preset_config(p: Preset) -> DdrmConfig {
@@ -127,6 +133,8 @@ fn preset_config(p: Preset) -> DdrmConfig {
         ks: vec![10, 20],
         joint: false,
         joint_lr: 1e-4,
+        sample: false,
+        rounding: Rounding::Inner,
     };
     match p {
         Preset::Paper => base,
@@ -196,6 +204,8 @@ pub fn ddrm_config(
         c.joint_lr = v;
     }
     c.joint |= a.joint;
+    c.sample |= a.sample;
+    set!(rounding);
     if a.no_start_noise {
         c.noise_start = false;
     }
@@ -443,5 +453,5 @@ pub fn ddrm_queries(
 ) -> Result<(Vec<f32>, Vec<f32>)> {
     let m = load_ddrm(tf, rc, ds)?;
     let q = m.infer(ds, users, seed.unwrap_or(m.cfg.seed));
-    Ok((q, m.item_embeddings().to_vec()))
+    Ok((q, m.item_embeddings().into_owned()))
 }

@@ -92,6 +92,24 @@ pub struct DdrmConfig {
     /// Adam learning rate of the backend embeddings under `joint`.
     #[serde(default = "default_joint_lr")]
     pub joint_lr: f32,
+    /// Reverse steps sample x_{t-1} ~ N(μ̃_t, β̃_t) instead of taking the posterior mean.
+    #[serde(default)]
+    pub sample: bool,
+    /// How the denoised vector is rounded to items.
+    #[serde(default)]
+    pub rounding: Rounding,
+}
+
+/// Rounding of the denoised item embedding to items (Eq. 24).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Rounding {
+    /// Inner product with each item embedding (the paper).
+    #[default]
+    Inner,
+    /// Cosine similarity (item embeddings normalized; the query's norm does not change a
+    /// user's ranking).
+    Cosine,
 }
 
 fn default_joint_lr() -> f32 {
@@ -756,6 +774,11 @@ impl Ddrm {
                 for k in 0..n * d {
                     x[k] = c1 * x0[k] + c2 * x[k];
                 }
+                if self.cfg.sample && t > 0 {
+                    let sd = self.schedule.posterior_variance[t].sqrt() as f32;
+                    Rng::fill_normal_par(&mut eps, 1.0, rng.next_u64());
+                    axpy(sd, &eps, &mut x);
+                }
             }
             dst.copy_from_slice(&x);
         }
@@ -767,13 +790,26 @@ impl Ddrm {
     pub fn evaluate(&self, ds: &Dataset, split: Split, seed: u64) -> Metrics {
         let users = eval_users(ds, split);
         let q = self.infer(ds, &users, seed);
-        let items = PackedItems::new(&self.emb[self.n_users * self.d..], ds.n_items(), self.d);
+        let items = PackedItems::new(&self.item_embeddings(), ds.n_items(), self.d);
         evaluate_queries(ds, split, &users, &q, &items, &self.cfg.ks)
     }
 
-    /// Item embeddings used for rounding.
-    pub fn item_embeddings(&self) -> &[f32] {
-        &self.emb[self.n_users * self.d..]
+    /// Item embeddings used for rounding (row-normalized under cosine rounding).
+    pub fn item_embeddings(&self) -> std::borrow::Cow<'_, [f32]> {
+        let items = &self.emb[self.n_users * self.d..];
+        match self.cfg.rounding {
+            Rounding::Inner => std::borrow::Cow::Borrowed(items),
+            Rounding::Cosine => {
+                let mut v = items.to_vec();
+                for row in v.chunks_mut(self.d.max(1)) {
+                    let norm = row.iter().map(|x| x * x).sum::<f32>().sqrt();
+                    if norm > 0.0 {
+                        row.iter_mut().for_each(|x| *x /= norm);
+                    }
+                }
+                std::borrow::Cow::Owned(v)
+            }
+        }
     }
 }
 
