@@ -235,6 +235,52 @@ fn backends_and_ddrm_train_evaluate_and_recommend() {
         serde_json::from_str(&ok(&["--threads", "2", "eval", "--run", &sc, "--json"])).unwrap();
     assert_eq!(ev, test_metrics(Path::new(&sc)), "sampling + cosine");
 
+    // the Transformer denoiser: trains, checkpoints, reloads; a bad token count is refused
+    let tr = run("mf-transformer");
+    ok(&[
+        "-q",
+        "--threads",
+        "2",
+        "train",
+        "--denoise",
+        "ddrm",
+        "--from",
+        &mf,
+        "--out",
+        &tr,
+        "--epochs",
+        "1",
+        "--eval-every",
+        "1",
+        "--hidden",
+        "16",
+        "--steps",
+        "4",
+        "--batch",
+        "512",
+        "--arch",
+        "transformer",
+        "--tokens",
+        "8",
+    ]);
+    let ev: serde_json::Value =
+        serde_json::from_str(&ok(&["--threads", "2", "eval", "--run", &tr, "--json"])).unwrap();
+    assert_eq!(ev, test_metrics(Path::new(&tr)), "transformer");
+    let (code, _, err) = ddrm(&[
+        "train",
+        "--denoise",
+        "ddrm",
+        "--from",
+        &mf,
+        "--out",
+        &run("x"),
+        "--arch",
+        "transformer",
+        "--tokens",
+        "7",
+    ]);
+    assert!(code != 0 && err.contains("--tokens"), "{err}");
+
     // --joint: the backend embeddings are fine-tuned (MF directly, LightGCN through its
     // propagation); the checkpoint holds the tuned embeddings and eval reproduces the result
     for (backend, name) in [(&mf, "mf-joint"), (&run("lightgcn"), "lgn-joint")] {

@@ -5,7 +5,9 @@ use super::run_dir::{RunConfig, RunDir, RunResult};
 use crate::backends::graph::Graph;
 use crate::backends::Model;
 use crate::data::Dataset;
-use crate::diffusion::ddrm::{train_ddrm, Ddrm, DdrmConfig, Inference, JointBackend, Rounding};
+use crate::diffusion::ddrm::{
+    build_denoiser, train_ddrm, Arch, Ddrm, DdrmConfig, Inference, JointBackend, Rounding,
+};
 use crate::diffusion::denoiser::Denoiser;
 use crate::diffusion::schedule::ScheduleKind;
 use crate::kernels::cpu::Act;
@@ -102,6 +104,12 @@ pub struct DdrmArgs {
     /// Rounding of the denoised embedding to items.
     #[arg(long, value_enum)]
     pub rounding: Option<Rounding>,
+    /// Denoiser architecture (transformer: --hidden is its feed-forward block).
+    #[arg(long, value_enum)]
+    pub arch: Option<Arch>,
+    /// Attention tokens per embedding (transformer).
+    #[arg(long)]
+    pub tokens: Option<usize>,
 }
 
 fn preset_config(p: Preset) -> DdrmConfig {
@@ -135,6 +143,8 @@ fn preset_config(p: Preset) -> DdrmConfig {
         joint_lr: 1e-4,
         sample: false,
         rounding: Rounding::Inner,
+        arch: Arch::Mlp,
+        tokens: 4,
     };
     match p {
         Preset::Paper => base,
@@ -206,6 +216,8 @@ pub fn ddrm_config(
     c.joint |= a.joint;
     c.sample |= a.sample;
     set!(rounding);
+    set!(arch);
+    set!(tokens);
     if a.no_start_noise {
         c.noise_start = false;
     }
@@ -361,27 +373,10 @@ pub fn run_train_ddrm(
         d,
         model.emb.clone(),
     )];
-    for (tag, dn) in [("user", &model.user_dn), ("item", &model.item_dn)] {
-        tensors.push((
-            format!("{tag}.step.w"),
-            dn.step_layer.din,
-            dn.step_layer.dout,
-            dn.step_layer.w.clone(),
-        ));
-        tensors.push((
-            format!("{tag}.step.b"),
-            1,
-            dn.step_layer.dout,
-            dn.step_layer.b.clone(),
-        ));
-        for (l, layer) in dn.mlp.layers.iter().enumerate() {
-            tensors.push((
-                format!("{tag}.mlp.{l}.w"),
-                layer.din,
-                layer.dout,
-                layer.w.clone(),
-            ));
-            tensors.push((format!("{tag}.mlp.{l}.b"), 1, layer.dout, layer.b.clone()));
+    for (tag, dn) in [("user", &mut model.user_dn), ("item", &mut model.item_dn)] {
+        let names = dn.param_names();
+        for (name, p) in names.iter().zip(dn.params_mut()) {
+            tensors.push((format!("{tag}.{name}"), 1, p.len(), p.clone()));
         }
     }
     let refs: Vec<(&str, usize, usize, &[f32])> = tensors
@@ -409,14 +404,11 @@ pub fn run_train_ddrm(
 
 fn load_denoiser(tf: &TensorFile, tag: &str, cfg: &DdrmConfig, d: usize) -> Result<Denoiser> {
     let mut rng = crate::util::rng::Rng::new(0);
-    let mut dn = Denoiser::new(d, cfg.step_dim, &cfg.hidden, cfg.act, cfg.dropout, &mut rng);
-    let mut names = vec![format!("{tag}.step.w"), format!("{tag}.step.b")];
-    for l in 0..dn.mlp.layers.len() {
-        names.push(format!("{tag}.mlp.{l}.w"));
-        names.push(format!("{tag}.mlp.{l}.b"));
-    }
+    let mut dn = build_denoiser(cfg, d, &mut rng)?;
+    let names = dn.param_names();
     for (p, name) in dn.params_mut().into_iter().zip(&names) {
-        let (data, _, _) = tf.get(name)?;
+        let name = format!("{tag}.{name}");
+        let (data, _, _) = tf.get(&name)?;
         if data.len() != p.len() {
             bail!(
                 "tensor {name} has {} values, the configuration expects {}",

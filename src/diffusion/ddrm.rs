@@ -98,6 +98,51 @@ pub struct DdrmConfig {
     /// How the denoised vector is rounded to items.
     #[serde(default)]
     pub rounding: Rounding,
+    /// Denoiser architecture.
+    #[serde(default)]
+    pub arch: Arch,
+    /// Attention tokens per embedding (Transformer; the width must be a multiple).
+    #[serde(default = "default_tokens")]
+    pub tokens: usize,
+}
+
+fn default_tokens() -> usize {
+    4
+}
+
+/// Denoiser architecture (Table 3).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Arch {
+    /// MLP over concat(e_t, step, c) (Eq. 15, the paper's choice).
+    #[default]
+    Mlp,
+    /// Cross-attention (query c, key step, value e_t) + residual feed-forward block.
+    Transformer,
+}
+
+/// A denoiser of the configured architecture for embeddings of width `d`.
+pub fn build_denoiser(cfg: &DdrmConfig, d: usize, rng: &mut Rng) -> Result<Denoiser> {
+    Ok(match cfg.arch {
+        Arch::Mlp => Denoiser::new(d, cfg.step_dim, &cfg.hidden, cfg.act, cfg.dropout, rng),
+        Arch::Transformer => {
+            if cfg.tokens == 0 || !d.is_multiple_of(cfg.tokens) {
+                bail!(
+                    "--tokens {} must divide the embedding width {d}",
+                    cfg.tokens
+                );
+            }
+            Denoiser::transformer(
+                d,
+                cfg.step_dim,
+                cfg.tokens,
+                &cfg.hidden,
+                cfg.act,
+                cfg.dropout,
+                rng,
+            )
+        }
+    })
 }
 
 /// Rounding of the denoised item embedding to items (Eq. 24).
@@ -458,8 +503,8 @@ impl Ddrm {
             cfg.noise_max,
         )?;
         let mut rng = Rng::stream(cfg.seed, 0xDD);
-        let user_dn = Denoiser::new(d, cfg.step_dim, &cfg.hidden, cfg.act, cfg.dropout, &mut rng);
-        let item_dn = Denoiser::new(d, cfg.step_dim, &cfg.hidden, cfg.act, cfg.dropout, &mut rng);
+        let user_dn = build_denoiser(&cfg, d, &mut rng)?;
+        let item_dn = build_denoiser(&cfg, d, &mut rng)?;
         Ok(Ddrm {
             cfg,
             schedule,
@@ -855,12 +900,10 @@ impl DdrmTrainer {
     /// Fresh Adam state for `model`'s two denoisers.
     pub fn new(model: &Ddrm) -> Self {
         let sizes = |dn: &Denoiser| -> Vec<usize> {
-            let mut v = vec![dn.step_layer.w.len(), dn.step_layer.b.len()];
-            for l in &dn.mlp.layers {
-                v.push(l.w.len());
-                v.push(l.b.len());
-            }
-            v
+            Denoiser::grads(&dn.zero_grad())
+                .iter()
+                .map(|g| g.len())
+                .collect()
         };
         let mut acfg = AdamConfig::with_lr(model.cfg.lr);
         acfg.weight_decay = model.cfg.weight_decay;

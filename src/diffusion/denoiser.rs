@@ -1,6 +1,10 @@
 //! The denoising module f(e_t, c, t) of Eq. 15: input concat(e_t (dropout in training),
 //! Linear(sinusoidal step encoding), c) → MLP → predicted e_0, with a hand-written backward.
+//! The Transformer variant (Table 3) replaces the MLP by a block: cross-attention (query c,
+//! key the step embedding, value e_t; see [`super::attention`]) with a residual from e_t,
+//! then a residual feed-forward MLP: z = e_t + Attn(c, s, e_t), ê_0 = z + FFN(z).
 
+use super::attention::{Attention, AttentionCache, AttentionGrad};
 use crate::kernels::cpu::Act;
 use crate::nn::step_embedding::timestep_encoding;
 use crate::nn::{Linear, LinearGrad, Mlp, MlpCache};
@@ -15,10 +19,13 @@ pub struct Denoiser {
     pub step_dim: usize,
     /// Linear projection of the step encoding.
     pub step_layer: Linear,
-    /// The MLP over concat(e_t, step, c).
+    /// The MLP over concat(e_t, step, c); in the Transformer variant, the feed-forward
+    /// block over z (`d -> hidden -> d`).
     pub mlp: Mlp,
     /// Dropout probability on the noisy input (training only).
     pub dropout: f32,
+    /// The Transformer variant's cross-attention (None: the MLP denoiser of Eq. 15).
+    pub attn: Option<Attention>,
 }
 
 /// Forward state kept for the backward.
@@ -32,6 +39,11 @@ pub struct DenoiserCache {
     dinput: Vec<f32>,
     /// Encodings of steps 0..table_len (steps are small integers: computed once).
     enc_table: Vec<f32>,
+    /// Transformer variant: attention state, z = x + attention, output.
+    attn: AttentionCache,
+    cond: Vec<f32>,
+    z: Vec<f32>,
+    y: Vec<f32>,
 }
 
 /// Gradients of a [`Denoiser`].
@@ -41,6 +53,8 @@ pub struct DenoiserGrad {
     pub step: LinearGrad,
     /// MLP layers.
     pub mlp: Vec<LinearGrad>,
+    /// Attention projections (Transformer variant).
+    pub attn: Option<AttentionGrad>,
 }
 
 impl Denoiser {
@@ -63,7 +77,50 @@ impl Denoiser {
             step_layer: Linear::xavier_normal(step_dim, step_dim, 0.001, rng),
             mlp: Mlp::new(&dims, act, 0.001, rng),
             dropout,
+            attn: None,
         }
+    }
+
+    /// The Transformer variant: `tokens` attention tokens (`d` must be a multiple) and a
+    /// feed-forward block `d -> hidden -> d`.
+    pub fn transformer(
+        d: usize,
+        step_dim: usize,
+        tokens: usize,
+        hidden: &[usize],
+        act: Act,
+        dropout: f32,
+        rng: &mut Rng,
+    ) -> Self {
+        let step_layer = Linear::xavier_normal(step_dim, step_dim, 0.001, rng);
+        let attn = Attention::new(d, step_dim, tokens, rng);
+        let mut dims = vec![d];
+        dims.extend_from_slice(hidden);
+        dims.push(d);
+        Denoiser {
+            d,
+            step_dim,
+            step_layer,
+            mlp: Mlp::new(&dims, act, 0.001, rng),
+            dropout,
+            attn: Some(attn),
+        }
+    }
+
+    /// Tensor names in the order of [`Self::params_mut`] (checkpoint keys).
+    pub fn param_names(&self) -> Vec<String> {
+        let mut v = vec!["step.w".to_string(), "step.b".to_string()];
+        if self.attn.is_some() {
+            for p in ["q", "k", "v", "o"] {
+                v.push(format!("attn.{p}.w"));
+                v.push(format!("attn.{p}.b"));
+            }
+        }
+        for l in 0..self.mlp.layers.len() {
+            v.push(format!("mlp.{l}.w"));
+            v.push(format!("mlp.{l}.b"));
+        }
+        v
     }
 
     /// Zeroed gradients.
@@ -71,12 +128,19 @@ impl Denoiser {
         DenoiserGrad {
             step: self.step_layer.zero_grad(),
             mlp: self.mlp.zero_grad(),
+            attn: self.attn.as_ref().map(|a| a.zero_grad()),
         }
     }
 
     /// Parameter tensors in a fixed order (for the optimizer).
     pub fn params_mut(&mut self) -> Vec<&mut Vec<f32>> {
         let mut v: Vec<&mut Vec<f32>> = vec![&mut self.step_layer.w, &mut self.step_layer.b];
+        if let Some(a) = self.attn.as_mut() {
+            for l in a.layers_mut() {
+                v.push(&mut l.w);
+                v.push(&mut l.b);
+            }
+        }
         for l in self.mlp.layers.iter_mut() {
             v.push(&mut l.w);
             v.push(&mut l.b);
@@ -87,6 +151,12 @@ impl Denoiser {
     /// Gradient tensors in the order of [`Self::params_mut`].
     pub fn grads(g: &DenoiserGrad) -> Vec<&[f32]> {
         let mut v: Vec<&[f32]> = vec![&g.step.w, &g.step.b];
+        if let Some(a) = g.attn.as_ref() {
+            for l in Attention::grads(a) {
+                v.push(&l.w);
+                v.push(&l.b);
+            }
+        }
         for l in &g.mlp {
             v.push(&l.w);
             v.push(&l.b);
@@ -96,7 +166,7 @@ impl Denoiser {
 
     /// Multiply-accumulates per sample.
     pub fn macs(&self) -> usize {
-        self.mlp.macs() + self.step_dim * self.step_dim
+        self.mlp.macs() + self.step_dim * self.step_dim + self.attn.as_ref().map_or(0, |a| a.macs())
     }
 
     /// Predict e_0 for `n` rows: `xt`, `cond` are `n x d`, `steps` holds each row's step
@@ -146,6 +216,30 @@ impl Denoiser {
                 }
             }));
         }
+        if let Some(attn) = &self.attn {
+            // Transformer: xin = dropout(x_t); z = xin + Attn(c, temb, xin); y = z + FFN(z)
+            let mut xin = std::mem::take(&mut cache.input);
+            xin.resize(n * d, 0.0);
+            for k in 0..n * d {
+                xin[k] = if cache.mask.is_empty() {
+                    xt[k]
+                } else {
+                    xt[k] * cache.mask[k]
+                };
+            }
+            cache.cond.clear();
+            cache.cond.extend_from_slice(cond);
+            let att = attn.forward(cond, &cache.temb, &xin, n, &mut cache.attn);
+            cache.z.clear();
+            cache.z.extend(xin.iter().zip(att).map(|(a, b)| a + b));
+            cache.input = xin;
+            let z = std::mem::take(&mut cache.z);
+            let f = self.mlp.forward(&z, n, &mut cache.mlp);
+            cache.y.clear();
+            cache.y.extend(z.iter().zip(f).map(|(a, b)| a + b));
+            cache.z = z;
+            return &cache.y;
+        }
         for r in 0..n {
             let row = &mut cache.input[r * w..(r + 1) * w];
             let x = &xt[r * d..(r + 1) * d];
@@ -176,6 +270,10 @@ impl Denoiser {
         dxt: Option<&mut [f32]>,
         dcond: Option<&mut [f32]>,
     ) {
+        if self.attn.is_some() {
+            self.backward_transformer(n, cache, dout, g, dxt, dcond);
+            return;
+        }
         let (d, sd) = (self.d, self.step_dim);
         let w = 2 * d + sd;
         let input = std::mem::take(&mut cache.input);
@@ -236,5 +334,61 @@ impl Denoiser {
         }
         cache.input = input;
         cache.dinput = dinput;
+    }
+
+    fn backward_transformer(
+        &self,
+        n: usize,
+        cache: &mut DenoiserCache,
+        dout: &[f32],
+        g: &mut DenoiserGrad,
+        dxt: Option<&mut [f32]>,
+        dcond: Option<&mut [f32]>,
+    ) {
+        let (d, sd) = (self.d, self.step_dim);
+        let attn = self.attn.as_ref().expect("transformer denoiser");
+        // y = z + FFN(z): dz = dy + FFN'(z)ᵀ dy
+        let mut dz = vec![0f32; n * d];
+        self.mlp
+            .backward(&cache.z, n, &mut cache.mlp, dout, &mut g.mlp, Some(&mut dz));
+        for (a, b) in dz.iter_mut().zip(dout) {
+            *a += b;
+        }
+        // z = xin + Attn(c, temb, xin)
+        let mut datt = dz.clone();
+        let (mut dtemb, mut dx_att) = (vec![0f32; n * sd], vec![0f32; n * d]);
+        let ga = g.attn.as_mut().expect("transformer gradients");
+        attn.backward(
+            &cache.cond,
+            &cache.temb,
+            &cache.input,
+            n,
+            &mut cache.attn,
+            &mut datt,
+            ga,
+            &mut dtemb,
+            &mut dx_att,
+            dcond,
+        );
+        self.step_layer.backward(
+            &cache.enc,
+            &cache.temb,
+            &mut dtemb,
+            n,
+            Act::None,
+            &mut g.step,
+            None,
+            false,
+        );
+        if let Some(dx) = dxt {
+            for k in 0..n * d {
+                let m = if cache.mask.is_empty() {
+                    1.0
+                } else {
+                    cache.mask[k]
+                };
+                dx[k] = (dz[k] + dx_att[k]) * m;
+            }
+        }
     }
 }

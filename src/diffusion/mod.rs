@@ -1,4 +1,5 @@
 //! DDRM, the diffusion plug-in: noise schedule, denoisers, training and inference.
+pub mod attention;
 pub mod ddrm;
 pub mod denoiser;
 pub mod schedule;
