@@ -1,18 +1,7 @@
 //! The binary turns bad input into one clear error and a non-zero exit, never a panic.
 
-use std::process::Command;
-
-fn ddrm(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_ddrm"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+mod common;
+use common::ddrm;
 
 fn assert_clean_failure(args: &[&str], want: &str) {
     let (code, _, err) = ddrm(args);

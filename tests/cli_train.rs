@@ -2,19 +2,8 @@
 //! evaluate, recommend, determinism, and clean failures.
 
 use std::path::Path;
-use std::process::Command;
-
-fn ddrm(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_ddrm"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+mod common;
+use common::ddrm;
 
 fn ok(args: &[&str]) -> String {
     let (code, out, err) = ddrm(args);

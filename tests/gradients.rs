@@ -6,19 +6,8 @@ use ddrm::nn::{loss, Linear, Mlp, MlpCache};
 use ddrm::util::rng::Rng;
 use proptest::prelude::*;
 
-const H: f64 = 1e-6;
-
-fn assert_grad(analytic: f32, fd: f64, what: &str) -> Result<(), TestCaseError> {
-    let tol = 5e-4 + 1e-2 * fd.abs();
-    prop_assert!(
-        (analytic as f64 - fd).abs() <= tol,
-        "{}: analytic {} vs finite difference {}",
-        what,
-        analytic,
-        fd
-    );
-    Ok(())
-}
+mod common;
+use common::{assert_grad, H};
 
 fn act64(x: f64, act: Act) -> f64 {
     match act {
