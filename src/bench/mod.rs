@@ -167,8 +167,12 @@ fn ab_with(
         return (a1, vec![]);
     };
     let b1 = run_reference(ctx, op, dir, &fws, reps, warmup);
+    // let the system settle after the framework process exits (freeing its memory keeps a
+    // core busy for a moment; measured: 2x slower 2-thread GEMM right after)
+    std::thread::sleep(SETTLE);
     let a2 = time(warmup, reps, &mut f);
     let b2 = run_reference(ctx, op, dir, &fws, reps, warmup);
+    std::thread::sleep(SETTLE);
     let a = Timing {
         median_ms: (a1.median_ms + a2.median_ms) / 2.0,
         min_ms: a1.min_ms.min(a2.min_ms),
@@ -205,6 +209,8 @@ fn ab_with(
         .collect();
     (a, vs)
 }
+
+const SETTLE: std::time::Duration = std::time::Duration::from_secs(2);
 
 fn tmpdir() -> Result<tempfile::TempDir> {
     tempfile::tempdir().context("cannot create a temporary directory")
