@@ -133,7 +133,7 @@ def build(op, fw, d, meta, threads):
                 return outs
             return run
         raise NotImplementedError(f"{fw} has no top-K baseline")
-    if op in ("mf_epoch", "lightgcn_epoch", "ddrm_epoch"):
+    if op in ("mf_epoch", "lightgcn_epoch", "sgl_epoch", "ddrm_epoch"):
         if fw != "torch":
             raise NotImplementedError(f"{fw} has no {op} baseline")
         import torch
@@ -170,7 +170,7 @@ def epoch_baseline(op, np, torch, d, meta):
     indices = load(np, d, "train_indices.bin", np.uint32, (-1,)).astype(np.int64)
     state, cache = {"epoch": 0}, {}
     torch.manual_seed(0)
-    if op in ("mf_epoch", "lightgcn_epoch"):
+    if op in ("mf_epoch", "lightgcn_epoch", "sgl_epoch"):
         dim, batch, lr, reg, layers = meta["d"], meta["batch"], meta["lr"], meta["reg"], meta["layers"]
         if op == "mf_epoch":
             # the equivalent of ddrm's row-sparse (lazy) Adam: sparse embedding + SparseAdam
@@ -196,22 +196,52 @@ def epoch_baseline(op, np, torch, d, meta):
             def ego_rows(idx):
                 return ego[idx]
 
+            row_of = np.repeat(np.arange(nu, dtype=np.int64), np.diff(indptr))
+
+            def edge_dropped_view(rng):
+                # SGL-ED: keep each train edge with probability 1 - rho, re-normalize
+                keep = rng.random(len(indices)) >= meta["drop_ratio"]
+                u, i = row_of[keep], indices[keep]
+                du = np.bincount(u, minlength=nu).astype(np.float32)
+                di = np.bincount(i, minlength=ni).astype(np.float32)
+                w = 1.0 / np.sqrt(du[u] * di[i])
+                rows = torch.from_numpy(np.concatenate([u, nu + i]))
+                cols = torch.from_numpy(np.concatenate([nu + i, u]))
+                vals = torch.from_numpy(np.concatenate([w, w]))
+                return torch.sparse_coo_tensor(torch.stack([rows, cols]), vals, (n, n)).coalesce().to_sparse_csr()
+
+            def propagate(g):
+                x, acc = ego, ego
+                for _ in range(layers):
+                    x = torch.sparse.mm(g, x)
+                    acc = acc + x
+                return acc / (layers + 1)
+
+            def infonce(a, b):
+                a, b = F.normalize(a, dim=1), F.normalize(b, dim=1)
+                s = a @ b.T / meta["tau"]
+                return F.cross_entropy(s, torch.arange(len(a)))
+
         def run(limit=None):
             state["epoch"] += 1
+            if op == "sgl_epoch":
+                rng = np.random.default_rng(1000 + state["epoch"])
+                views = [edge_dropped_view(rng), edge_dropped_view(rng)]
             u, p, q = sample_epoch(np, indptr, indices, ni, state["epoch"])
             u, p, q = torch.from_numpy(u), torch.from_numpy(p + nu), torch.from_numpy(q + nu)
             for s in range(0, len(u) if limit is None else min(len(u), limit * batch), batch):
                 bu, bp, bq = u[s:s + batch], p[s:s + batch], q[s:s + batch]
-                if op == "lightgcn_epoch":
-                    x, acc = ego, ego
-                    for _ in range(layers):
-                        x = torch.sparse.mm(adj, x)
-                        acc = acc + x
-                    cache["fin"] = acc / (layers + 1)
+                if op != "mf_epoch":
+                    cache["fin"] = propagate(adj)
                 eu, ei, ej = lookup(bu), lookup(bp), lookup(bq)
                 sp, sn = (eu * ei).sum(1), (eu * ej).sum(1)
                 r = ego_rows(bu).pow(2).sum() + ego_rows(bp).pow(2).sum() + ego_rows(bq).pow(2).sum()
                 loss = F.softplus(sn - sp).mean() + reg * 0.5 * r / len(bu)
+                if op == "sgl_epoch":
+                    # InfoNCE between the two views on the batch's unique users and items
+                    v1, v2 = propagate(views[0]), propagate(views[1])
+                    uu, ui = torch.unique(bu), torch.unique(bp)
+                    loss = loss + meta["ssl_weight"] * (infonce(v1[uu], v2[uu]) + infonce(v1[ui], v2[ui]))
                 opt.zero_grad()
                 loss.backward()
                 opt.step()

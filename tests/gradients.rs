@@ -268,3 +268,69 @@ fn step_encoding_matches_formula() {
     assert!((out[10 + 1] as f64 - (7.0 * f1).cos()).abs() < 1e-6);
     assert!((out[15 + 1] as f64 - (7.0 * f1).sin()).abs() < 1e-6);
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    /// Lazy (row) Adam, SIMD and parallel, against a scalar f64 reference of the same steps:
+    /// the listed rows move exactly as dense Adam would move them, every other row is untouched.
+    #[test]
+    fn lazy_adam_rows_match_a_scalar_reference(
+        n_rows in 1usize..300, d in 1usize..40, seed in 0u64..1000, steps in 1i32..4,
+    ) {
+        use ddrm::nn::{Adam, AdamConfig};
+        let mut cfg = AdamConfig::with_lr(0.01);
+        cfg.weight_decay = 0.05;
+        let mut r = Rng::new(seed);
+        let mut p = vec![0f32; n_rows * d];
+        r.fill_normal(&mut p, 1.0);
+        let orig = p.clone();
+        let mut opt = Adam::new(cfg, &[n_rows * d]);
+        let mut pref = to64(&p);
+        let (mut m, mut v) = (vec![0f64; n_rows * d], vec![0f64; n_rows * d]);
+        // the same distinct rows every step, in a shuffled order
+        let mut rows: Vec<u32> = (0..n_rows as u32).filter(|_| r.uniform() < 0.5).collect();
+        for k in (1..rows.len()).rev() {
+            let j = (r.uniform() * (k + 1) as f64) as usize;
+            rows.swap(k, j.min(k));
+        }
+        let mut g = vec![0f32; rows.len() * d];
+        for t in 1..=steps {
+            r.fill_normal(&mut g, 2.0);
+            opt.begin_step();
+            opt.update_rows(0, &mut p, d, &rows, &g);
+            for (k, &row) in rows.iter().enumerate() {
+                for j in 0..d {
+                    let o = row as usize * d + j;
+                    let gk = g[k * d + j] as f64 + 0.05 * pref[o];
+                    m[o] = 0.9 * m[o] + 0.1 * gk;
+                    v[o] = 0.999 * v[o] + 0.001 * gk * gk;
+                    let mh = m[o] / (1.0 - 0.9f64.powi(t));
+                    let vh = v[o] / (1.0 - 0.999f64.powi(t));
+                    pref[o] -= 0.01 * mh / (vh.sqrt() + 1e-8);
+                }
+            }
+        }
+        for row in 0..n_rows {
+            let listed = rows.contains(&(row as u32));
+            for j in 0..d {
+                let o = row * d + j;
+                if listed {
+                    prop_assert!((p[o] as f64 - pref[o]).abs() < 1e-5, "row {row} col {j}: {} vs {}", p[o], pref[o]);
+                } else {
+                    prop_assert_eq!(p[o], orig[o]);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+#[should_panic(expected = "repeats")]
+fn lazy_adam_refuses_a_repeated_row() {
+    use ddrm::nn::{Adam, AdamConfig};
+    let mut opt = Adam::new(AdamConfig::with_lr(0.01), &[8]);
+    let mut p = vec![0f32; 8];
+    opt.begin_step();
+    opt.update_rows(0, &mut p, 2, &[1, 3, 1], &[1.0; 6]);
+}

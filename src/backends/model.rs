@@ -367,18 +367,27 @@ impl Model {
                 self.slot[pos_n[k] as usize] as usize,
                 self.slot[neg_n[k] as usize] as usize,
             );
-            for t in 0..d {
-                g[su * d + t] += dp[k] * ei[k * d + t] + dn[k] * ej[k * d + t] + rc * eu[k * d + t];
-                g[si * d + t] += dp[k] * eu[k * d + t] + rc * ei[k * d + t];
-                g[sj * d + t] += dn[k] * eu[k * d + t] + rc * ej[k * d + t];
-            }
-            for e in [
+            let (u, i, j) = (
                 &eu[k * d..(k + 1) * d],
                 &ei[k * d..(k + 1) * d],
                 &ej[k * d..(k + 1) * d],
-            ] {
-                reg += 0.5 * e.iter().map(|v| (v * v) as f64).sum::<f64>();
+            );
+            // a user node and item nodes never share a slot, and pos != neg
+            let (dpk, dnk) = (dp[k], dn[k]);
+            let gu = &mut g[su * d..(su + 1) * d];
+            for t in 0..d {
+                gu[t] += dpk * i[t] + dnk * j[t] + rc * u[t];
             }
+            let gi = &mut g[si * d..(si + 1) * d];
+            for t in 0..d {
+                gi[t] += dpk * u[t] + rc * i[t];
+            }
+            let gj = &mut g[sj * d..(sj + 1) * d];
+            for t in 0..d {
+                gj[t] += dnk * u[t] + rc * j[t];
+            }
+            let sq = |e: &[f32]| e.iter().map(|v| v * v).sum::<f32>() as f64;
+            reg += 0.5 * (sq(u) + sq(i) + sq(j));
         }
         self.adam.begin_step();
         self.adam.update_rows(0, &mut self.ego, d, &rows, &g);

@@ -427,7 +427,7 @@ fn write_epoch_data(
 }
 
 /// Suite `epoch`: one training epoch of MF, LightGCN, SGL (batch 2048) and DDRM (MF recipe),
-/// each against the same epoch written in PyTorch (`--vs torch`; SGL has no reference).
+/// each against the same epoch written in PyTorch (`--vs torch`).
 pub fn epoch(ctx: &Ctx, ds: &Dataset) -> Result<Vec<Row>> {
     let mut rows = Vec::new();
     let nnz = ds.train().nnz();
@@ -438,7 +438,7 @@ pub fn epoch(ctx: &Ctx, ds: &Dataset) -> Result<Vec<Row>> {
         let (op, fws): (&str, &[&str]) = match b {
             Backend::Mf => ("mf_epoch", &["torch"]),
             Backend::Lightgcn => ("lightgcn_epoch", &["torch"]),
-            Backend::Sgl => ("sgl_epoch", &[]),
+            Backend::Sgl => ("sgl_epoch", &["torch"]),
         };
         if ctx.vs.iter().any(|v| v == "torch") && !fws.is_empty() {
             write_epoch_data(
@@ -448,6 +448,8 @@ pub fn epoch(ctx: &Ctx, ds: &Dataset) -> Result<Vec<Row>> {
                 serde_json::json!({
                     "d": cfg.model.dim, "layers": cfg.model.layers, "batch": cfg.batch,
                     "lr": cfg.model.lr, "reg": cfg.model.reg,
+                    "drop_ratio": cfg.model.drop_ratio, "tau": cfg.model.tau,
+                    "ssl_weight": cfg.model.ssl_weight,
                 }),
             )?;
         }

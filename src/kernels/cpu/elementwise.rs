@@ -204,7 +204,7 @@ pub fn row_dots(x: &[f32], y: &[f32], d: usize, out: &mut [f32]) {
         return;
     }
     out.par_iter_mut()
-        .with_min_len(256)
+        .with_min_len((64 * 1024 / d).max(1))
         .enumerate()
         .for_each(|(r, o)| *o = dot(&x[r * d..(r + 1) * d], &y[r * d..(r + 1) * d]));
 }
@@ -232,8 +232,10 @@ pub fn gather_rows(table: &[f32], d: usize, ids: &[u32], out: &mut [f32]) {
     if d == 0 {
         return;
     }
+    // a task copies at least ~128 KiB: finer grains cost more in scheduling than they save
+    let min_rows = (32 * 1024 / d).max(1);
     out.par_chunks_mut(d)
-        .with_min_len(64)
+        .with_min_len(min_rows)
         .zip(ids.par_iter())
         .for_each(|(o, &id)| {
             let s = id as usize * d;
