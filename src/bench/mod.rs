@@ -428,10 +428,19 @@ fn write_epoch_data(
 
 /// Suite `epoch`: one training epoch of MF, LightGCN, SGL (batch 2048) and DDRM (MF recipe),
 /// each against the same epoch written in PyTorch (`--vs torch`).
-pub fn epoch(ctx: &Ctx, ds: &Dataset) -> Result<Vec<Row>> {
+pub fn epoch(ctx: &Ctx, ds: &Dataset, models: &[String]) -> Result<Vec<Row>> {
     let mut rows = Vec::new();
     let nnz = ds.train().nnz();
+    let wanted = |name: &str| models.iter().any(|m| m == name);
     for b in [Backend::Mf, Backend::Lightgcn, Backend::Sgl] {
+        let key = match b {
+            Backend::Mf => "mf",
+            Backend::Lightgcn => "lightgcn",
+            Backend::Sgl => "sgl",
+        };
+        if !wanted(key) {
+            continue;
+        }
         let cfg = backend_cfg(b);
         let mut model = Model::new(cfg.model.clone(), ds, 1);
         let dir = tmpdir()?;
@@ -470,6 +479,9 @@ pub fn epoch(ctx: &Ctx, ds: &Dataset) -> Result<Vec<Row>> {
             vs,
             peak_rss_mib: timing::peak_rss_mib(),
         });
+    }
+    if !wanted("ddrm") {
+        return Ok(rows);
     }
     let cfg = crate::cli::ddrm_cmd::ddrm_config(
         &crate::cli::ddrm_cmd::DdrmArgs {

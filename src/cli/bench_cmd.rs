@@ -43,6 +43,9 @@ pub struct BenchArgs {
     /// Scale fractions of the Amazon-book shape (scale suite).
     #[arg(long, value_delimiter = ',', default_value = "0.125,0.25,0.5,1")]
     pub fractions: Vec<f64>,
+    /// Models of the epoch suite: mf, lightgcn, sgl, ddrm (comma separated).
+    #[arg(long, value_delimiter = ',', default_value = "mf,lightgcn,sgl,ddrm")]
+    pub models: Vec<String>,
     /// Output directory for JSON lines and plots.
     #[arg(long, default_value = "runs/bench")]
     pub out: PathBuf,
@@ -64,6 +67,11 @@ pub fn run(a: &BenchArgs, quiet: bool) -> Result<()> {
     for v in &a.vs {
         if !["numpy", "scipy", "faiss", "torch"].contains(&v.as_str()) {
             bail!("unknown framework '{v}' in --vs (numpy, scipy, faiss, torch)");
+        }
+    }
+    for m in &a.models {
+        if !["mf", "lightgcn", "sgl", "ddrm"].contains(&m.as_str()) {
+            bail!("unknown model '{m}' in --models (mf, lightgcn, sgl, ddrm)");
         }
     }
     if a.fractions.iter().any(|f| !(*f > 0.0 && *f <= 4.0)) {
@@ -90,7 +98,7 @@ pub fn run(a: &BenchArgs, quiet: bool) -> Result<()> {
     };
     let rows: Vec<Row> = match a.suite {
         Suite::Kernels => bench::kernels(&ctx, &crate::data::open(&a.dataset)?)?,
-        Suite::Epoch => bench::epoch(&ctx, &crate::data::open(&a.dataset)?)?,
+        Suite::Epoch => bench::epoch(&ctx, &crate::data::open(&a.dataset)?, &a.models)?,
         Suite::Eval => bench::eval(&ctx, &crate::data::open(&a.dataset)?)?,
         Suite::Scale => bench::scale(&ctx, &a.fractions, &a.out)?,
     };
