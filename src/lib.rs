@@ -14,6 +14,7 @@ pub mod backends;
 pub mod bench;
 pub mod cli;
 pub mod data;
+pub mod denoising;
 pub mod diffusion;
 pub mod eval;
 pub mod kernels;

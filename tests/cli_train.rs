@@ -353,3 +353,250 @@ fn backends_and_ddrm_train_evaluate_and_recommend() {
     assert!(code != 0 && err.contains("not the data"), "{err}");
     assert!(!err.contains("panicked"));
 }
+
+/// T-CE and R-CE retrain a backend with their loss: the run is labelled, evaluates to the
+/// result written at training time, differs from plain BPR, and bad options are refused.
+#[test]
+fn tce_and_rce_baselines_train_each_backend() {
+    let dir = tempfile::tempdir().unwrap();
+    let ds = synth(dir.path(), "s.ddrm", "3");
+    let run = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    let train = |model: &str, extra: &[&str], out: &str| {
+        let mut args = vec![
+            "-q",
+            "--threads",
+            "2",
+            "train",
+            "--model",
+            model,
+            "--dataset",
+            &ds,
+            "--epochs",
+            "2",
+            "--eval-every",
+            "1",
+            "--batch",
+            "512",
+            "--out",
+            out,
+        ];
+        args.extend_from_slice(extra);
+        ok(&args);
+    };
+    train("mf", &[], &run("mf"));
+    for (model, extra, name, label) in [
+        (
+            "mf",
+            &["--denoise", "tce", "--tce-drop", "0.3", "--tce-warmup", "5"][..],
+            "mf-tce",
+            "MF-BPR+T-CE",
+        ),
+        (
+            "mf",
+            &["--denoise", "rce", "--rce-beta", "0.25"][..],
+            "mf-rce",
+            "MF-BPR+R-CE",
+        ),
+        (
+            "lightgcn",
+            &["--denoise", "rce"][..],
+            "lgn-rce",
+            "LightGCN+R-CE",
+        ),
+        ("sgl", &["--denoise", "tce"][..], "sgl-tce", "SGL+T-CE"),
+    ] {
+        let out = run(name);
+        train(model, extra, &out);
+        let cfg: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(Path::new(&out).join("config.json")).unwrap())
+                .unwrap();
+        assert_eq!(cfg["backend"], label, "{name}");
+        let ev: serde_json::Value =
+            serde_json::from_str(&ok(&["--threads", "2", "eval", "--run", &out, "--json"]))
+                .unwrap();
+        assert_eq!(ev, test_metrics(Path::new(&out)), "{name}");
+        let r20 = ev["at"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["k"] == 20)
+            .unwrap()["recall"]
+            .as_f64()
+            .unwrap();
+        assert!(r20.is_finite() && r20 > 0.0, "{name}: {ev}");
+    }
+    assert_ne!(
+        test_metrics(Path::new(&run("mf"))),
+        test_metrics(Path::new(&run("mf-tce"))),
+        "T-CE trains with another loss than BPR"
+    );
+    // a DDRM run on a T-CE backend works like on any backend run
+    ok(&[
+        "-q",
+        "train",
+        "--denoise",
+        "ddrm",
+        "--from",
+        &run("mf-tce"),
+        "--out",
+        &run("tce-ddrm"),
+        "--epochs",
+        "1",
+        "--eval-every",
+        "1",
+        "--hidden",
+        "8",
+        "--steps",
+        "3",
+        "--batch",
+        "512",
+    ]);
+    for (extra, want) in [
+        (&["--denoise", "tce", "--tce-drop", "1.5"][..], "--tce-drop"),
+        (&["--denoise", "rce", "--rce-beta=-1"][..], "--rce-beta"),
+        (
+            &["--denoise", "tce", "--from", "x"][..],
+            "--from needs --denoise ddrm",
+        ),
+        (&["--denoise", "ddrm"][..], "--denoise ddrm needs --from"),
+        (&["--denoise", "deca"][..], "deca"),
+    ] {
+        let mut args = vec![
+            "train",
+            "--model",
+            "mf",
+            "--dataset",
+            &ds,
+            "--out",
+            "unused",
+        ];
+        args.extend_from_slice(extra);
+        let (code, _, err) = ddrm(&args);
+        assert!(code != 0 && err.contains(want), "{extra:?}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+    assert!(!Path::new("unused").exists());
+}
+
+/// MultiVAE trains, checkpoints, evaluates to its training-time result, recommends unseen
+/// items, is deterministic, and is refused where a backend run is needed.
+#[test]
+fn multivae_trains_evaluates_and_recommends() {
+    let dir = tempfile::tempdir().unwrap();
+    let ds = synth(dir.path(), "s.ddrm", "4");
+    let run = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    let train = |out: &str| {
+        ok(&[
+            "-q",
+            "--threads",
+            "2",
+            "train",
+            "--model",
+            "multivae",
+            "--dataset",
+            &ds,
+            "--epochs",
+            "3",
+            "--eval-every",
+            "1",
+            "--batch",
+            "64",
+            "--vae-hidden",
+            "32",
+            "--vae-latent",
+            "8",
+            "--vae-anneal",
+            "20",
+            "--out",
+            out,
+        ])
+    };
+    let (a, b) = (run("vae"), run("vae2"));
+    train(&a);
+    train(&b);
+    let res = test_metrics(Path::new(&a));
+    assert_eq!(
+        res,
+        test_metrics(Path::new(&b)),
+        "same seed and threads: same result"
+    );
+    let ev: serde_json::Value =
+        serde_json::from_str(&ok(&["--threads", "2", "eval", "--run", &a, "--json"])).unwrap();
+    assert_eq!(ev, res);
+    let r20 = ev["at"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["k"] == 20)
+        .unwrap()["recall"]
+        .as_f64()
+        .unwrap();
+    assert!(r20 > 0.0 && r20.is_finite(), "{ev}");
+    let rec: serde_json::Value = serde_json::from_str(&ok(&[
+        "recommend",
+        "--run",
+        &a,
+        "--user",
+        "5",
+        "--k",
+        "10",
+        "--json",
+    ]))
+    .unwrap();
+    let dsx = ddrm::data::Dataset::open(Path::new(&ds)).unwrap();
+    let items: Vec<u32> = rec
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["item"].as_u64().unwrap() as u32)
+        .collect();
+    assert_eq!(items.len(), 10);
+    assert!(items.iter().all(|&i| !dsx.train().contains(5, i)));
+    for (args, want) in [
+        (
+            vec![
+                "train",
+                "--denoise",
+                "ddrm",
+                "--from",
+                a.as_str(),
+                "--out",
+                "unused",
+            ],
+            "backend run",
+        ),
+        (
+            vec![
+                "train",
+                "--model",
+                "multivae",
+                "--dataset",
+                &ds,
+                "--out",
+                "unused",
+                "--vae-dropout",
+                "1.2",
+            ],
+            "--vae-dropout",
+        ),
+        (
+            vec![
+                "train",
+                "--model",
+                "multivae",
+                "--dataset",
+                &ds,
+                "--out",
+                "unused",
+                "--denoise",
+                "tce",
+            ],
+            "not MultiVAE",
+        ),
+    ] {
+        let (code, _, err) = ddrm(&args);
+        assert!(code != 0 && err.contains(want), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+    assert!(!Path::new("unused").exists());
+}

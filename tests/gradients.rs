@@ -334,3 +334,263 @@ fn lazy_adam_refuses_a_repeated_row() {
     opt.begin_step();
     opt.update_rows(0, &mut p, 2, &[1, 3, 1], &[1.0; 6]);
 }
+
+mod denoising_objectives {
+    use super::*;
+    use ddrm::denoising::objective::{
+        rce_weights, reweighted_bce, tce_keep, tce_rate, truncated_bce,
+    };
+    use ddrm::denoising::Objective;
+
+    fn sp64(x: f64) -> f64 {
+        x.max(0.0) + (-x.abs()).exp().ln_1p()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 48, .. ProptestConfig::default() })]
+
+        /// T-CE: the kept set drops exactly floor(rate · B) positives, those with the largest
+        /// BCE loss (the smallest scores); the gradient at that fixed set matches FD of the f64
+        /// truncated BCE, including large scores.
+        #[test]
+        fn tce_drops_the_largest_losses_and_its_gradient_matches_fd(
+            pos in prop::collection::vec(-40f32..40.0, 1..24), seed in 0u64..1000, rate in 0f32..0.99) {
+            let mut r = Rng::new(seed);
+            let b = pos.len();
+            let neg: Vec<f32> = (0..b).map(|_| r.uniform_f32() * 80.0 - 40.0).collect();
+            let keep = tce_keep(&pos, rate);
+            let n_drop = keep.iter().filter(|k| !**k).count();
+            prop_assert_eq!(n_drop, (rate as f64 * b as f64).floor() as usize);
+            let max_dropped = (0..b).filter(|&k| !keep[k]).map(|k| pos[k]).fold(f32::NEG_INFINITY, f32::max);
+            let min_kept = (0..b).filter(|&k| keep[k]).map(|k| pos[k]).fold(f32::INFINITY, f32::min);
+            prop_assert!(max_dropped <= min_kept, "dropped {} above kept {}", max_dropped, min_kept);
+            let (mut dp, mut dn) = (vec![0f32; b], vec![0f32; b]);
+            let l = truncated_bce(&pos, &neg, &keep, &mut dp, &mut dn);
+            let n = (b - n_drop + b) as f64;
+            let f = |p: &[f64], q: &[f64]| -> f64 {
+                (0..b).map(|k| if keep[k] { sp64(-p[k]) } else { 0.0 } + sp64(q[k])).sum::<f64>() / n
+            };
+            let (p64, n64) = (to64(&pos), to64(&neg));
+            prop_assert!((l - f(&p64, &n64)).abs() < 1e-4 * (1.0 + l.abs()), "loss {} vs {}", l, f(&p64, &n64));
+            for k in 0..b {
+                let (mut a, mut c) = (p64.clone(), p64.clone()); a[k] += H; c[k] -= H;
+                assert_grad(dp[k], (f(&a, &n64) - f(&c, &n64)) / (2.0 * H), "tce dpos")?;
+                let (mut a, mut c) = (n64.clone(), n64.clone()); a[k] += H; c[k] -= H;
+                assert_grad(dn[k], (f(&p64, &a) - f(&p64, &c)) / (2.0 * H), "tce dneg")?;
+            }
+        }
+
+        /// R-CE: the weights are σ(z)^β / (1 − σ(z))^β; the gradient with the weights held
+        /// constant matches FD of the f64 weighted BCE.
+        #[test]
+        fn rce_gradient_matches_fd(pos in prop::collection::vec(-40f32..40.0, 1..16), seed in 0u64..1000, beta in 0f32..1.0) {
+            let mut r = Rng::new(seed);
+            let b = pos.len();
+            let neg: Vec<f32> = (0..b).map(|_| r.uniform_f32() * 80.0 - 40.0).collect();
+            let (wp, wn) = rce_weights(&pos, &neg, beta);
+            for k in 0..b {
+                let s = |z: f64| 1.0 / (1.0 + (-z).exp());
+                // 1 − σ(x) = σ(−x), computed without cancellation
+                let (ep, en) = (s(pos[k] as f64).powf(beta as f64), s(-(neg[k] as f64)).powf(beta as f64));
+                prop_assert!((wp[k] as f64 - ep).abs() <= 1e-6 + 1e-4 * ep, "wp {} vs {}", wp[k], ep);
+                prop_assert!((wn[k] as f64 - en).abs() <= 1e-6 + 1e-4 * en, "wn {} vs {}", wn[k], en);
+            }
+            let (mut dp, mut dn) = (vec![0f32; b], vec![0f32; b]);
+            let l = reweighted_bce(&pos, &neg, &wp, &wn, &mut dp, &mut dn);
+            let f = |p: &[f64], q: &[f64]| -> f64 {
+                (0..b).map(|k| wp[k] as f64 * sp64(-p[k]) + wn[k] as f64 * sp64(q[k])).sum::<f64>() / (2 * b) as f64
+            };
+            let (p64, n64) = (to64(&pos), to64(&neg));
+            prop_assert!((l - f(&p64, &n64)).abs() < 1e-4 * (1.0 + l.abs()));
+            for k in 0..b {
+                let (mut a, mut c) = (p64.clone(), p64.clone()); a[k] += H; c[k] -= H;
+                assert_grad(dp[k], (f(&a, &n64) - f(&c, &n64)) / (2.0 * H), "rce dpos")?;
+                let (mut a, mut c) = (n64.clone(), n64.clone()); a[k] += H; c[k] -= H;
+                assert_grad(dn[k], (f(&p64, &a) - f(&p64, &c)) / (2.0 * H), "rce dneg")?;
+            }
+        }
+    }
+
+    /// The T-CE schedule grows linearly to its cap; with nothing dropped T-CE is plain BCE, and
+    /// R-CE with β = 0 is plain BCE too (`loss::bce_logits` on the 2B samples).
+    #[test]
+    fn schedule_and_limits() {
+        assert_eq!(tce_rate(0.2, 100, 0), 0.0);
+        assert!((tce_rate(0.2, 100, 50) - 0.1).abs() < 1e-7);
+        assert_eq!(tce_rate(0.2, 100, 100), 0.2);
+        assert_eq!(tce_rate(0.2, 100, 10_000), 0.2);
+        assert_eq!(tce_rate(0.2, 0, 0), 0.2);
+        let pos = [2.0f32, -1.0, 0.5, 3.0];
+        let neg = [-3.0f32, 1.0, 0.0, -30.0];
+        let z: Vec<f32> = pos.iter().chain(&neg).copied().collect();
+        let y = [1.0f32, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0];
+        let mut dz = [0f32; 8];
+        let want = loss::bce_logits(&z, &y, None, &mut dz);
+        for obj in [
+            Objective::Tce {
+                drop: 0.5,
+                warmup: 10,
+            }, // step 0: nothing dropped yet
+            Objective::Rce { beta: 0.0 },
+        ] {
+            let (mut dp, mut dn) = ([0f32; 4], [0f32; 4]);
+            let l = obj.loss(0, &pos, &neg, &mut dp, &mut dn);
+            assert!((l - want).abs() < 1e-6, "{obj:?}: {l} vs {want}");
+            for k in 0..4 {
+                assert!((dp[k] - dz[k]).abs() < 1e-7 && (dn[k] - dz[4 + k]).abs() < 1e-7);
+            }
+        }
+        // at full rate T-CE drops the half of positives with the lowest scores
+        let (mut dp, mut dn) = ([0f32; 4], [0f32; 4]);
+        Objective::Tce {
+            drop: 0.5,
+            warmup: 10,
+        }
+        .loss(10, &pos, &neg, &mut dp, &mut dn);
+        assert_eq!(dp.map(|g| g != 0.0), [true, false, false, true]);
+    }
+}
+
+mod multivae {
+    use super::*;
+    use ddrm::denoising::multivae::{MultVae, VaeBatch};
+
+    /// f64 reference: (loss, logits) of a batch; params = [w1, b1, w2, b2, w3, b3, w4, b4].
+    #[allow(clippy::too_many_arguments)]
+    fn reference(
+        p: &[Vec<f64>],
+        dims: (usize, usize, usize),
+        b: &VaeBatch,
+        eps: &[f64],
+        beta: f64,
+    ) -> (f64, Vec<f64>) {
+        let (ni, h, l) = dims;
+        let n = b.n();
+        let lin = |x: &[f64], w: &[f64], bias: &[f64], din: usize, dout: usize| -> Vec<f64> {
+            (0..dout)
+                .map(|j| bias[j] + (0..din).map(|k| x[k] * w[k * dout + j]).sum::<f64>())
+                .collect()
+        };
+        let (mut tot, mut all_logits) = (0.0, vec![]);
+        for r in 0..n {
+            let mut a1 = p[1].clone();
+            for q in b.in_ptr[r]..b.in_ptr[r + 1] {
+                let i = b.in_idx[q] as usize;
+                for j in 0..h {
+                    a1[j] += b.in_val[q] as f64 * p[0][i * h + j];
+                }
+            }
+            let h1: Vec<f64> = a1.iter().map(|v| v.tanh()).collect();
+            let o = lin(&h1, &p[2], &p[3], h, 2 * l);
+            let z: Vec<f64> = (0..l)
+                .map(|j| o[j] + eps[r * l + j] * (0.5 * o[l + j]).exp())
+                .collect();
+            let h3: Vec<f64> = lin(&z, &p[4], &p[5], l, h)
+                .iter()
+                .map(|v| v.tanh())
+                .collect();
+            let lg = lin(&h3, &p[6], &p[7], h, ni);
+            let mx = lg.iter().cloned().fold(f64::MIN, f64::max);
+            let lse = mx + lg.iter().map(|v| (v - mx).exp()).sum::<f64>().ln();
+            let tg = &b.tg_idx[b.tg_ptr[r]..b.tg_ptr[r + 1]];
+            let nll = tg.len() as f64 * lse - tg.iter().map(|&i| lg[i as usize]).sum::<f64>();
+            let kl: f64 = (0..l)
+                .map(|j| -0.5 * (1.0 + o[l + j] - o[j] * o[j] - o[l + j].exp()))
+                .sum();
+            tot += nll + beta * kl;
+            all_logits.extend(lg);
+        }
+        (tot / n as f64, all_logits)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 12, .. ProptestConfig::default() })]
+
+        /// Every weight and bias of the four layers against FD of the f64 reference (fixed
+        /// dropout draw and ε), with the sparse first layer and repeated items across users.
+        #[test]
+        fn multivae_backward_matches_finite_differences(seed in 0u64..10_000, n in 1usize..4, beta in 0f32..1.0) {
+            let (ni, h, l) = (7usize, 4usize, 3usize);
+            let mut r = Rng::new(seed);
+            let mut m = MultVae::new(ni, h, l, seed);
+            for layer in m.layers_mut() { r.fill_normal(&mut layer.b, 0.3); r.fill_normal(&mut layer.w, 0.5); }
+            let mut b = VaeBatch { in_ptr: vec![0], tg_ptr: vec![0], ..Default::default() };
+            for _ in 0..n {
+                for i in 0..ni as u32 {
+                    if r.uniform_f32() < 0.5 { b.tg_idx.push(i); if r.uniform_f32() < 0.7 { b.in_idx.push(i); b.in_val.push(r.uniform_f32() + 0.1); } }
+                }
+                b.tg_idx.push(ni as u32 - 1); // never empty (a repeated target counts twice)
+                b.in_ptr.push(b.in_idx.len()); b.tg_ptr.push(b.tg_idx.len());
+            }
+            let mut eps = vec![0f32; n * l]; r.fill_normal(&mut eps, 1.0);
+            let mut g = m.zero_grads();
+            let lo = m.loss_and_grads(&b, &eps, beta, &mut g);
+            let mut p: Vec<Vec<f64>> = vec![];
+            for layer in m.layers_mut() { p.push(to64(&layer.w)); p.push(to64(&layer.b)); }
+            let e64 = to64(&eps);
+            let (want, _) = reference(&p, (ni, h, l), &b, &e64, beta as f64);
+            let got = lo.nll + beta as f64 * lo.kl;
+            prop_assert!((got - want).abs() < 1e-4 * (1.0 + want.abs()), "loss {} vs {}", got, want);
+            for t in 0..8 {
+                let an: &[f32] = if t % 2 == 0 { &g.layers[t / 2].w } else { &g.layers[t / 2].b };
+                for k in 0..p[t].len() {
+                    let (mut a, mut c) = (p.clone(), p.clone());
+                    a[t][k] += H; c[t][k] -= H;
+                    let fd = (reference(&a, (ni, h, l), &b, &e64, beta as f64).0 - reference(&c, (ni, h, l), &b, &e64, beta as f64).0) / (2.0 * H);
+                    assert_grad(an[k], fd, &format!("multivae tensor {t} entry {k}"))?;
+                }
+            }
+        }
+    }
+
+    /// Ranking scores `[h3, 1] · [W4ᵀ | b4]` equal the decoder's logits at z = μ.
+    #[test]
+    fn queries_times_item_rows_are_the_logits() {
+        let (ni, h, l) = (9usize, 5usize, 2usize);
+        let m = MultVae::new(ni, h, l, 3);
+        let rows: Vec<Vec<u32>> = vec![vec![0, 3, 8], vec![], vec![1, 2]];
+        let mut batch = VaeBatch {
+            in_ptr: vec![0],
+            tg_ptr: vec![0],
+            ..Default::default()
+        };
+        for row in &rows {
+            for &i in row {
+                batch.in_idx.push(i);
+                batch.in_val.push(1.0 / (row.len() as f32).sqrt());
+                batch.tg_idx.push(i);
+            }
+            batch.in_ptr.push(batch.in_idx.len());
+            batch.tg_ptr.push(batch.tg_idx.len());
+        }
+        let mut mm = m.clone();
+        let mut p: Vec<Vec<f64>> = vec![];
+        for layer in mm.layers_mut() {
+            p.push(to64(&layer.w));
+            p.push(to64(&layer.b));
+        }
+        let (_, logits) = reference(&p, (ni, h, l), &batch, &vec![0.0; rows.len() * l], 0.0);
+        let pairs: Vec<(u32, u32)> = rows
+            .iter()
+            .enumerate()
+            .flat_map(|(u, r)| r.iter().map(move |&i| (u as u32, i)))
+            .collect();
+        let (csr, _) =
+            ddrm::data::Csr::from_pairs(rows.len(), ni, &pairs, ddrm::data::DuplicatePolicy::Error)
+                .unwrap();
+        let q = m.queries(&csr.view(), &[0, 1, 2]);
+        let items = m.item_matrix();
+        for u in 0..rows.len() {
+            for i in 0..ni {
+                let s: f64 = (0..=h)
+                    .map(|k| q[u * (h + 1) + k] as f64 * items[i * (h + 1) + k] as f64)
+                    .sum();
+                assert!(
+                    (s - logits[u * ni + i]).abs() < 1e-4,
+                    "user {u} item {i}: {s} vs {}",
+                    logits[u * ni + i]
+                );
+            }
+        }
+    }
+}

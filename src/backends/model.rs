@@ -4,6 +4,7 @@
 
 use super::graph::Graph;
 use crate::data::Dataset;
+use crate::denoising::Objective;
 use crate::kernels::cpu::elementwise::{axpy, gather_rows, row_dots, scale};
 use crate::kernels::cpu::spmm::spmm;
 use crate::nn::loss;
@@ -67,6 +68,9 @@ pub struct ModelConfig {
     pub tau: f32,
     /// SGL InfoNCE weight λ_ssl.
     pub ssl_weight: f32,
+    /// Training loss: BPR, or a denoising baseline (T-CE, R-CE). Absent in older runs: BPR.
+    #[serde(default)]
+    pub objective: Objective,
 }
 
 /// A trainable backend.
@@ -85,12 +89,13 @@ pub struct Model {
     grad: Vec<f32>,
     layer_bufs: Vec<Vec<f32>>,
     slot: Vec<u32>, // MF: node -> row in the compact gradient (u32::MAX when untouched)
+    step: u64,      // optimizer steps taken (the T-CE drop schedule)
 }
 
 /// Loss parts of one batch.
 #[derive(Clone, Copy, Debug, Default, Serialize)]
 pub struct BatchLoss {
-    /// BPR loss.
+    /// The objective's loss (BPR, or the T-CE / R-CE cross-entropy).
     pub bpr: f64,
     /// L2 regularization term.
     pub reg: f64,
@@ -135,6 +140,7 @@ impl Model {
             grad: vec![0.0; n],
             layer_bufs: vec![],
             slot: vec![],
+            step: 0,
         }
     }
 
@@ -268,7 +274,11 @@ impl Model {
         row_dots(&eu, &ei, d, &mut sp);
         row_dots(&eu, &ej, d, &mut sn);
         let (mut dp, mut dn) = (vec![0f32; b], vec![0f32; b]);
-        let bpr = loss::bpr(&sp, &sn, None, &mut dp, &mut dn);
+        let bpr = self
+            .cfg
+            .objective
+            .loss(self.step, &sp, &sn, &mut dp, &mut dn);
+        self.step += 1;
         // gradient w.r.t. final embeddings (dense, mostly zero)
         if self.cfg.backend == Backend::Mf {
             self.fin = fin;

@@ -393,6 +393,7 @@ fn backend_cfg(b: Backend) -> TrainConfig {
             drop_ratio: 0.1,
             tau: 0.2,
             ssl_weight: 0.1,
+            objective: crate::denoising::Objective::Bpr,
         },
         batch: 2048,
         epochs: 1,

@@ -3,6 +3,7 @@
 mod bench_cmd;
 mod data_cmd;
 pub mod ddrm_cmd;
+pub mod multivae_cmd;
 pub mod reproduce;
 pub mod run_dir;
 pub mod table;
@@ -29,7 +30,8 @@ enum Command {
     /// Import, inspect, export, corrupt with noise, or synthesize datasets.
     #[command(subcommand)]
     Data(data_cmd::DataCommand),
-    /// Train a backend (MF-BPR, LightGCN, SGL) into a run directory.
+    /// Train a model (MF-BPR, LightGCN, SGL, their T-CE / R-CE variants, DDRM on a backend
+    /// run, or MultiVAE) into a run directory.
     Train(Box<train_cmd::TrainArgs>),
     /// Evaluate a run on valid or test (full ranking, seen items masked).
     Eval(train_cmd::EvalArgs),

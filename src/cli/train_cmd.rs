@@ -5,6 +5,7 @@ use super::table::render;
 use crate::backends::trainer::{train, TrainConfig};
 use crate::backends::{Augment, Backend, ModelConfig};
 use crate::data::Split;
+use crate::denoising::Objective;
 use crate::eval::Metrics;
 use anyhow::{bail, Context, Result};
 use clap::Args;
@@ -14,12 +15,23 @@ use std::time::Instant;
 /// Options of `ddrm train` for the backends.
 #[derive(Args, Debug, Clone)]
 pub struct TrainArgs {
-    /// Backend model (for `--denoise ddrm` it is taken from the `--from` run).
+    /// Model: an embedding backend, or MultiVAE (for `--denoise ddrm` the backend is taken
+    /// from the `--from` run).
     #[arg(long, value_enum, required_unless_present = "from")]
-    pub model: Option<Backend>,
-    /// Denoising plug-in to train on top of a backend run (`--from`).
-    #[arg(long, value_enum, requires = "from")]
+    pub model: Option<ModelName>,
+    /// Denoising method: `ddrm` trains the diffusion plug-in on a backend run (`--from`);
+    /// `tce` and `rce` train the backend itself with the truncated / reweighted BCE loss.
+    #[arg(long, value_enum)]
     pub denoise: Option<Denoise>,
+    /// T-CE: final fraction of each batch's positives dropped (largest loss first).
+    #[arg(long, default_value_t = 0.2)]
+    pub tce_drop: f32,
+    /// T-CE: optimizer steps over which the drop rate grows linearly from 0.
+    #[arg(long, default_value_t = 2000)]
+    pub tce_warmup: u64,
+    /// R-CE: exponent β of the weight σ(score)^β.
+    #[arg(long, default_value_t = 0.1)]
+    pub rce_beta: f32,
     /// DDRM options.
     #[command(flatten)]
     pub ddrm: crate::cli::ddrm_cmd::DdrmArgs,
@@ -71,16 +83,75 @@ pub struct TrainArgs {
     /// Cut-offs to report.
     #[arg(long, value_delimiter = ',', default_value = "10,20")]
     pub k: Vec<usize>,
+    /// MultiVAE options.
+    #[command(flatten)]
+    pub vae: crate::cli::multivae_cmd::VaeArgs,
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
 }
 
-/// Denoising plug-ins.
+/// What `ddrm train --model` trains.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ModelName {
+    /// Matrix factorization with BPR.
+    Mf,
+    /// LightGCN.
+    Lightgcn,
+    /// SGL.
+    Sgl,
+    /// MultiVAE (a comparison system; not a backend for DDRM).
+    Multivae,
+}
+
+impl ModelName {
+    /// The embedding backend, if this is one.
+    pub fn backend(self) -> Option<Backend> {
+        match self {
+            ModelName::Mf => Some(Backend::Mf),
+            ModelName::Lightgcn => Some(Backend::Lightgcn),
+            ModelName::Sgl => Some(Backend::Sgl),
+            ModelName::Multivae => None,
+        }
+    }
+
+    /// Name as printed.
+    pub fn label(self) -> &'static str {
+        self.backend().map_or("MultiVAE", |b| b.label())
+    }
+}
+
+impl From<Backend> for ModelName {
+    fn from(b: Backend) -> Self {
+        match b {
+            Backend::Mf => ModelName::Mf,
+            Backend::Lightgcn => ModelName::Lightgcn,
+            Backend::Sgl => ModelName::Sgl,
+        }
+    }
+}
+
+/// Denoising methods.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Denoise {
-    /// DDRM (the paper's diffusion plug-in).
+    /// DDRM (the paper's diffusion plug-in, trained on a backend run given by `--from`).
     Ddrm,
+    /// T-CE: the backend trained with truncated BCE (Wang et al., WSDM 2021).
+    Tce,
+    /// R-CE: the backend trained with reweighted BCE (Wang et al., WSDM 2021).
+    Rce,
+}
+
+/// The backend objective that `--denoise` and its options select.
+pub fn objective(a: &TrainArgs) -> Objective {
+    match a.denoise {
+        Some(Denoise::Tce) => Objective::Tce {
+            drop: a.tce_drop,
+            warmup: a.tce_warmup,
+        },
+        Some(Denoise::Rce) => Objective::Rce { beta: a.rce_beta },
+        _ => Objective::Bpr,
+    }
 }
 
 /// Per-model defaults (chosen on the valid split of ml1m-noisy; see README).
@@ -116,14 +187,23 @@ fn check_args(a: &TrainArgs) -> Result<()> {
     if a.batch == Some(0) || a.epochs == Some(0) {
         bail!("--batch and --epochs must be at least 1");
     }
+    if !(0.0..1.0).contains(&a.tce_drop) {
+        bail!("--tce-drop must be in [0, 1), got {}", a.tce_drop);
+    }
+    if !a.rce_beta.is_finite() || a.rce_beta < 0.0 {
+        bail!(
+            "--rce-beta must be a finite non-negative number, got {}",
+            a.rce_beta
+        );
+    }
     Ok(())
 }
 
 /// Build the training configuration from arguments.
 pub fn train_config(a: &TrainArgs) -> Result<TrainConfig> {
     check_args(a)?;
-    let Some(model) = a.model else {
-        bail!("--model is required to train a backend")
+    let Some(model) = a.model.and_then(|m| m.backend()) else {
+        bail!("--model mf|lightgcn|sgl is required to train a backend")
     };
     let (lr, reg, batch, epochs) = defaults(model);
     let mut ks = a.k.clone();
@@ -141,6 +221,7 @@ pub fn train_config(a: &TrainArgs) -> Result<TrainConfig> {
             drop_ratio: a.drop_ratio,
             tau: a.tau,
             ssl_weight: a.ssl_weight,
+            objective: objective(a),
         },
         batch: a.batch.unwrap_or(batch),
         epochs: a.epochs.unwrap_or(epochs),
@@ -176,7 +257,9 @@ pub fn print_metrics(title: &str, m: &Metrics, json: bool) -> Result<()> {
 pub fn run_train(a: &TrainArgs, quiet: bool) -> Result<RunResult> {
     if a.denoise == Some(Denoise::Ddrm) {
         check_args(a)?;
-        let from = a.ddrm.from.clone().expect("clap enforces --from");
+        let Some(from) = a.ddrm.from.clone() else {
+            bail!("--denoise ddrm needs --from RUN, a trained backend run directory");
+        };
         let cfg = crate::cli::ddrm_cmd::ddrm_config(
             &a.ddrm,
             a.lr,
@@ -189,8 +272,15 @@ pub fn run_train(a: &TrainArgs, quiet: bool) -> Result<RunResult> {
         )?;
         return crate::cli::ddrm_cmd::run_train_ddrm(cfg, &from, &a.out, quiet);
     }
+    if a.model == Some(ModelName::Multivae) {
+        if a.denoise.is_some() {
+            bail!("--denoise applies to the embedding backends (mf, lightgcn, sgl), not MultiVAE");
+        }
+        check_args(a)?;
+        return crate::cli::multivae_cmd::run_train_multivae(a, quiet);
+    }
     if a.ddrm.from.is_some() {
-        bail!("--from needs --denoise ddrm");
+        bail!("--from needs --denoise ddrm (T-CE and R-CE train a backend from scratch: give --model)");
     }
     let cfg = train_config(a)?;
     let ds = crate::data::open(&a.dataset)?;
@@ -200,7 +290,11 @@ pub fn run_train(a: &TrainArgs, quiet: bool) -> Result<RunResult> {
         kind: "backend".into(),
         dataset: a.dataset.clone(),
         fingerprint: ds.fingerprint(),
-        backend: a.model.map_or("?", |m| m.label()).into(),
+        backend: format!(
+            "{}{}",
+            a.model.map_or("?", |m| m.label()),
+            cfg.model.objective.label()
+        ),
         dim: a.dim,
         config: serde_json::to_value(&cfg)?,
     };
@@ -296,6 +390,9 @@ pub fn run_queries(
     let nu = ds.n_users();
     if rc.kind == "ddrm" {
         return crate::cli::ddrm_cmd::ddrm_queries(&tf, rc, ds, users, seed_override);
+    }
+    if rc.kind == "multivae" {
+        return crate::cli::multivae_cmd::multivae_queries(&tf, rc, ds, users);
     }
     let (fin, rows, cols) = tf.get("final")?;
     if rows != nu + ds.n_items() || cols != d {

@@ -113,8 +113,12 @@ pub fn activate_inplace(x: &mut [f32], act: Act) {
 }
 
 /// Backward of an activation given its *output* `y`: `g *= act'(pre)` expressed through y
-/// (relu: y > 0; tanh: 1 - y²; sigmoid: y (1 - y)).
+/// (relu: y > 0; tanh: 1 - y²; sigmoid: y (1 - y)). With `Act::None`, `g` is left as is and
+/// `y` is not read (it may be empty).
 pub fn activation_backward(y: &[f32], g: &mut [f32], act: Act) {
+    if act == Act::None {
+        return;
+    }
     assert_eq!(y.len(), g.len());
     let one = f32x8::splat(1.0);
     let f = |yv: f32x8, gv: f32x8| -> f32x8 {
@@ -149,9 +153,6 @@ pub fn activation_backward(y: &[f32], g: &mut [f32], act: Act) {
             gc[i] = fs(yc[i], gc[i]);
         }
     };
-    if act == Act::None {
-        return;
-    }
     if y.len() >= PAR_MIN {
         y.par_chunks(PAR_MIN / 4)
             .zip(g.par_chunks_mut(PAR_MIN / 4))
