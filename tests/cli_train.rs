@@ -600,3 +600,161 @@ fn multivae_trains_evaluates_and_recommends() {
     }
     assert!(!Path::new("unused").exists());
 }
+
+/// DiffRec trains, checkpoints, evaluates to its training-time result (the reverse process
+/// rerun from the checkpoint), is deterministic, and refuses bad options.
+#[test]
+fn diffrec_trains_evaluates_and_recommends() {
+    let dir = tempfile::tempdir().unwrap();
+    let ds = synth(dir.path(), "s.ddrm", "5");
+    let run = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    let train = |out: &str, extra: &[&str]| {
+        let mut args = vec![
+            "-q",
+            "--threads",
+            "2",
+            "train",
+            "--model",
+            "diffrec",
+            "--dataset",
+            &ds,
+            "--epochs",
+            "3",
+            "--eval-every",
+            "1",
+            "--batch",
+            "64",
+            "--hidden",
+            "24,16",
+            "--steps",
+            "4",
+            "--out",
+            out,
+        ];
+        args.extend_from_slice(extra);
+        ok(&args)
+    };
+    let (a, b, c) = (run("dr"), run("dr2"), run("dr-plain"));
+    train(&a, &[]);
+    train(&b, &[]);
+    train(&c, &["--no-reweight"]);
+    let res = test_metrics(Path::new(&a));
+    assert_eq!(
+        res,
+        test_metrics(Path::new(&b)),
+        "same seed and threads: same result"
+    );
+    assert_ne!(
+        res,
+        test_metrics(Path::new(&c)),
+        "--no-reweight changes training"
+    );
+    for r in [&a, &c] {
+        let ev: serde_json::Value =
+            serde_json::from_str(&ok(&["--threads", "2", "eval", "--run", r, "--json"])).unwrap();
+        assert_eq!(ev, test_metrics(Path::new(r)));
+        let r20 = ev["at"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["k"] == 20)
+            .unwrap()["recall"]
+            .as_f64()
+            .unwrap();
+        assert!(r20 > 0.0 && r20.is_finite(), "{ev}");
+    }
+    let rec: serde_json::Value = serde_json::from_str(&ok(&[
+        "recommend",
+        "--run",
+        &a,
+        "--user",
+        "7",
+        "--k",
+        "10",
+        "--json",
+    ]))
+    .unwrap();
+    let dsx = ddrm::data::Dataset::open(Path::new(&ds)).unwrap();
+    let items: Vec<u32> = rec
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["item"].as_u64().unwrap() as u32)
+        .collect();
+    assert_eq!(items.len(), 10);
+    assert!(items.iter().all(|&i| !dsx.train().contains(7, i)));
+    for (extra, want) in [
+        (&["--dropout", "1.5"][..], "--dropout"),
+        (&["--noise-scale", "300"][..], "schedule"),
+        (&["--step-dim", "0"][..], "--step-dim"),
+        (&["--denoise", "rce"][..], "not DiffRec"),
+    ] {
+        let mut args = vec![
+            "train",
+            "--model",
+            "diffrec",
+            "--dataset",
+            &ds,
+            "--out",
+            "unused",
+        ];
+        args.extend_from_slice(extra);
+        let (code, _, err) = ddrm(&args);
+        assert!(code != 0 && err.contains(want), "{extra:?}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+    assert!(!Path::new("unused").exists());
+}
+
+/// CDAE trains, checkpoints, evaluates to its training-time result and refuses bad options.
+#[test]
+fn cdae_trains_and_evaluates() {
+    let dir = tempfile::tempdir().unwrap();
+    let ds = synth(dir.path(), "s.ddrm", "6");
+    let out = dir.path().join("cdae").to_str().unwrap().to_string();
+    ok(&[
+        "-q",
+        "--threads",
+        "2",
+        "train",
+        "--model",
+        "cdae",
+        "--dataset",
+        &ds,
+        "--epochs",
+        "3",
+        "--eval-every",
+        "1",
+        "--batch",
+        "64",
+        "--cdae-hidden",
+        "16",
+        "--out",
+        &out,
+    ]);
+    let ev: serde_json::Value =
+        serde_json::from_str(&ok(&["--threads", "2", "eval", "--run", &out, "--json"])).unwrap();
+    assert_eq!(ev, test_metrics(Path::new(&out)));
+    let r20 = ev["at"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["k"] == 20)
+        .unwrap()["recall"]
+        .as_f64()
+        .unwrap();
+    assert!(r20 > 0.0 && r20.is_finite(), "{ev}");
+    let (code, _, err) = ddrm(&[
+        "train",
+        "--model",
+        "cdae",
+        "--dataset",
+        &ds,
+        "--out",
+        "unused",
+        "--cdae-corruption",
+        "1",
+    ]);
+    assert!(code != 0 && err.contains("--cdae-corruption"), "{err}");
+    assert!(!Path::new("unused").exists());
+}

@@ -594,3 +594,190 @@ mod multivae {
         }
     }
 }
+
+mod diffrec {
+    use super::*;
+    use ddrm::denoising::diffrec::{DiffRec, StepSampler};
+    use ddrm::nn::step_embedding::timestep_encoding;
+
+    /// f64 reference of the weighted x_0 loss; params = [step w, step b, (layer w, b)...].
+    fn reference(
+        p: &[Vec<f64>],
+        dims: &[usize],
+        e: usize,
+        x_t: &[f64],
+        x0: &[f64],
+        steps: &[usize],
+        w: &[f64],
+    ) -> f64 {
+        let n = steps.len();
+        let ni = *dims.last().unwrap();
+        let mut tot = 0.0;
+        for r in 0..n {
+            let mut enc = vec![0f32; e];
+            timestep_encoding(&[steps[r] as f32], e, &mut enc);
+            let emb: Vec<f64> = (0..e)
+                .map(|j| p[1][j] + (0..e).map(|k| enc[k] as f64 * p[0][k * e + j]).sum::<f64>())
+                .collect();
+            let mut h: Vec<f64> = x_t[r * ni..(r + 1) * ni]
+                .iter()
+                .copied()
+                .chain(emb)
+                .collect();
+            let nl = dims.len() - 1;
+            for l in 0..nl {
+                let (din, dout) = (dims[l], dims[l + 1]);
+                let (lw, lb) = (&p[2 + 2 * l], &p[3 + 2 * l]);
+                h = (0..dout)
+                    .map(|j| {
+                        let s = lb[j] + (0..din).map(|k| h[k] * lw[k * dout + j]).sum::<f64>();
+                        if l + 1 < nl {
+                            s.tanh()
+                        } else {
+                            s
+                        }
+                    })
+                    .collect();
+            }
+            let mse = (0..ni)
+                .map(|j| (h[j] - x0[r * ni + j]).powi(2))
+                .sum::<f64>()
+                / ni as f64;
+            tot += w[r] * mse;
+        }
+        tot / n as f64
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 12, .. ProptestConfig::default() })]
+
+        /// Step layer and every MLP layer against FD of the f64 reference.
+        #[test]
+        fn diffrec_backward_matches_finite_differences(seed in 0u64..10_000, n in 1usize..4) {
+            let (ni, e) = (6usize, 4usize);
+            let hidden = [5usize, 3];
+            let mut r = Rng::new(seed);
+            let mut m = DiffRec::new(ni, e, &hidden, seed);
+            for p in m.params_mut() { r.fill_normal(p, 0.4); }
+            let mut x_t = vec![0f32; n * ni]; r.fill_normal(&mut x_t, 1.0);
+            let x0: Vec<f32> = (0..n * ni).map(|_| if r.uniform_f32() < 0.4 { 1.0 } else { 0.0 }).collect();
+            let steps: Vec<usize> = (0..n).map(|_| r.index(5)).collect();
+            let w: Vec<f32> = (0..n).map(|_| r.uniform_f32() * 3.0).collect();
+            let mut g = m.zero_grads();
+            let (loss, _) = m.loss_and_grads(&x_t, &x0, &steps, &w, &mut g);
+            let mut p: Vec<Vec<f64>> = m.params_mut().into_iter().map(|v| to64(v)).collect();
+            let dims = [ni + e, 5, 3, ni];
+            let (xt64, x064, w64) = (to64(&x_t), to64(&x0), to64(&w));
+            let want = reference(&p, &dims, e, &xt64, &x064, &steps, &w64);
+            prop_assert!((loss - want).abs() < 1e-4 * (1.0 + want.abs()), "loss {} vs {}", loss, want);
+            let an: Vec<Vec<f32>> = std::iter::once(g.step.w.clone()).chain(std::iter::once(g.step.b.clone()))
+                .chain(g.mlp.iter().flat_map(|l| [l.w.clone(), l.b.clone()])).collect();
+            for t in 0..p.len() {
+                for k in 0..p[t].len() {
+                    let orig = p[t][k];
+                    p[t][k] = orig + H; let fp = reference(&p, &dims, e, &xt64, &x064, &steps, &w64);
+                    p[t][k] = orig - H; let fm = reference(&p, &dims, e, &xt64, &x064, &steps, &w64);
+                    p[t][k] = orig;
+                    assert_grad(an[t][k], (fp - fm) / (2.0 * H), &format!("diffrec tensor {t} entry {k}"))?;
+                }
+            }
+        }
+    }
+
+    /// The step sampler is uniform until every step has 10 losses, then favours the steps
+    /// with larger losses, returning p_t · T for the importance weight.
+    #[test]
+    fn step_sampler_moves_to_loss_aware_sampling() {
+        let mut s = StepSampler::new(3);
+        let mut rng = Rng::new(1);
+        let (_, pt) = s.sample(50, true, &mut rng);
+        assert!(pt.iter().all(|&p| p == 1.0));
+        for k in 0..12 {
+            s.record(0, 1.0);
+            s.record(1, 1.0);
+            if k < 9 {
+                s.record(2, 9.0);
+            }
+        }
+        let (_, pt) = s.sample(10, true, &mut rng);
+        assert!(pt.iter().all(|&p| p == 1.0), "step 2 has only 9 losses");
+        s.record(2, 9.0);
+        let (ts, pt) = s.sample(3000, true, &mut rng);
+        let share2 = ts.iter().filter(|&&t| t == 2).count() as f64 / 3000.0;
+        // p ∝ (1, 1, 9) mixed with 0.1% uniform: p_2 ≈ 0.818
+        assert!((share2 - 0.818).abs() < 0.03, "share of step 2: {share2}");
+        for (t, p) in ts.iter().zip(&pt) {
+            let want = if *t == 2 { 9.0 / 11.0 } else { 1.0 / 11.0 } * 0.999 + 0.001 / 3.0;
+            assert!((p - want * 3.0).abs() < 1e-9);
+        }
+    }
+}
+
+mod cdae {
+    use super::*;
+    use ddrm::denoising::cdae::Cdae;
+    use ddrm::denoising::multivae::VaeBatch;
+
+    /// f64 reference loss; params = [enc w, enc b, user table, dec w, dec b].
+    fn reference(p: &[Vec<f64>], ni: usize, h: usize, users: &[u32], b: &VaeBatch) -> f64 {
+        let mut tot = 0.0;
+        for (r, &u) in users.iter().enumerate() {
+            let mut a: Vec<f64> = (0..h).map(|j| p[1][j] + p[2][u as usize * h + j]).collect();
+            for q in b.in_ptr[r]..b.in_ptr[r + 1] {
+                let i = b.in_idx[q] as usize;
+                for j in 0..h {
+                    a[j] += b.in_val[q] as f64 * p[0][i * h + j];
+                }
+            }
+            let hh: Vec<f64> = a.iter().map(|v| 1.0 / (1.0 + (-v).exp())).collect();
+            let tg = &b.tg_idx[b.tg_ptr[r]..b.tg_ptr[r + 1]];
+            for i in 0..ni {
+                let z = p[4][i] + (0..h).map(|k| hh[k] * p[3][k * ni + i]).sum::<f64>();
+                let y = if tg.contains(&(i as u32)) { 1.0 } else { 0.0 };
+                tot += z.max(0.0) + (-z.abs()).exp().ln_1p() - y * z;
+            }
+        }
+        tot / users.len() as f64
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 12, .. ProptestConfig::default() })]
+
+        /// Encoder, decoder and the batch users' input-node rows against FD of the f64 loss.
+        #[test]
+        fn cdae_backward_matches_finite_differences(seed in 0u64..10_000) {
+            let (nu, ni, h) = (5usize, 6usize, 3usize);
+            let mut r = Rng::new(seed);
+            let mut m = Cdae::new(nu, ni, h, seed);
+            r.fill_normal(&mut m.enc.w, 0.6); r.fill_normal(&mut m.enc.b, 0.3);
+            r.fill_normal(&mut m.dec.w, 0.6); r.fill_normal(&mut m.dec.b, 0.3);
+            r.fill_normal(&mut m.user, 0.5);
+            let users = [3u32, 0, 4];
+            let mut b = VaeBatch { in_ptr: vec![0], tg_ptr: vec![0], ..Default::default() };
+            for _ in &users {
+                for i in 0..ni as u32 {
+                    if r.uniform_f32() < 0.5 { b.tg_idx.push(i); if r.uniform_f32() < 0.6 { b.in_idx.push(i); b.in_val.push(2.0); } }
+                }
+                b.in_ptr.push(b.in_idx.len()); b.tg_ptr.push(b.tg_idx.len());
+            }
+            let mut g = m.zero_grads(users.len());
+            let loss = m.loss_and_grads(&users, &b, &mut g);
+            let mut p = vec![to64(&m.enc.w), to64(&m.enc.b), to64(&m.user), to64(&m.dec.w), to64(&m.dec.b)];
+            let want = reference(&p, ni, h, &users, &b);
+            prop_assert!((loss - want).abs() < 1e-4 * (1.0 + want.abs()), "loss {} vs {}", loss, want);
+            // analytic gradient of the user table, dense (zero outside the batch's rows)
+            let mut guser = vec![0f32; nu * h];
+            for (k, &u) in users.iter().enumerate() { guser[u as usize * h..(u as usize + 1) * h].copy_from_slice(&g.user_rows[k * h..(k + 1) * h]); }
+            let an = [g.enc.w.clone(), g.enc.b.clone(), guser, g.dec.w.clone(), g.dec.b.clone()];
+            for t in 0..p.len() {
+                for k in 0..p[t].len() {
+                    let orig = p[t][k];
+                    p[t][k] = orig + H; let fp = reference(&p, ni, h, &users, &b);
+                    p[t][k] = orig - H; let fm = reference(&p, ni, h, &users, &b);
+                    p[t][k] = orig;
+                    assert_grad(an[t][k], (fp - fm) / (2.0 * H), &format!("cdae tensor {t} entry {k}"))?;
+                }
+            }
+        }
+    }
+}

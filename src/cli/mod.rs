@@ -1,8 +1,10 @@
 //! The `ddrm` command line (a thin layer over the library).
 
 mod bench_cmd;
+pub mod cdae_cmd;
 mod data_cmd;
 pub mod ddrm_cmd;
+pub mod diffrec_cmd;
 pub mod multivae_cmd;
 pub mod reproduce;
 pub mod run_dir;
@@ -31,7 +33,7 @@ enum Command {
     #[command(subcommand)]
     Data(data_cmd::DataCommand),
     /// Train a model (MF-BPR, LightGCN, SGL, their T-CE / R-CE variants, DDRM on a backend
-    /// run, or MultiVAE) into a run directory.
+    /// run, CDAE, MultiVAE or DiffRec) into a run directory.
     Train(Box<train_cmd::TrainArgs>),
     /// Evaluate a run on valid or test (full ranking, seen items masked).
     Eval(train_cmd::EvalArgs),

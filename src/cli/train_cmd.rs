@@ -83,9 +83,15 @@ pub struct TrainArgs {
     /// Cut-offs to report.
     #[arg(long, value_delimiter = ',', default_value = "10,20")]
     pub k: Vec<usize>,
+    /// DiffRec: plain uniform steps and MSE (no importance sampling, no SNR weights).
+    #[arg(long)]
+    pub no_reweight: bool,
     /// MultiVAE options.
     #[command(flatten)]
     pub vae: crate::cli::multivae_cmd::VaeArgs,
+    /// CDAE options.
+    #[command(flatten)]
+    pub cdae: crate::cli::cdae_cmd::CdaeArgs,
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
@@ -102,6 +108,10 @@ pub enum ModelName {
     Sgl,
     /// MultiVAE (a comparison system; not a backend for DDRM).
     Multivae,
+    /// DiffRec (a comparison system: diffusion over interaction vectors).
+    Diffrec,
+    /// CDAE (a comparison system: collaborative denoising auto-encoder).
+    Cdae,
 }
 
 impl ModelName {
@@ -111,13 +121,18 @@ impl ModelName {
             ModelName::Mf => Some(Backend::Mf),
             ModelName::Lightgcn => Some(Backend::Lightgcn),
             ModelName::Sgl => Some(Backend::Sgl),
-            ModelName::Multivae => None,
+            ModelName::Multivae | ModelName::Diffrec | ModelName::Cdae => None,
         }
     }
 
     /// Name as printed.
     pub fn label(self) -> &'static str {
-        self.backend().map_or("MultiVAE", |b| b.label())
+        match self {
+            ModelName::Multivae => "MultiVAE",
+            ModelName::Diffrec => "DiffRec",
+            ModelName::Cdae => "CDAE",
+            m => m.backend().map_or("?", |b| b.label()),
+        }
     }
 }
 
@@ -272,12 +287,19 @@ pub fn run_train(a: &TrainArgs, quiet: bool) -> Result<RunResult> {
         )?;
         return crate::cli::ddrm_cmd::run_train_ddrm(cfg, &from, &a.out, quiet);
     }
-    if a.model == Some(ModelName::Multivae) {
-        if a.denoise.is_some() {
-            bail!("--denoise applies to the embedding backends (mf, lightgcn, sgl), not MultiVAE");
+    if let Some(m @ (ModelName::Multivae | ModelName::Diffrec | ModelName::Cdae)) = a.model {
+        if a.denoise.is_some() || a.ddrm.from.is_some() {
+            bail!(
+                "--denoise and --from apply to the embedding backends (mf, lightgcn, sgl), not {}",
+                m.label()
+            );
         }
         check_args(a)?;
-        return crate::cli::multivae_cmd::run_train_multivae(a, quiet);
+        return match m {
+            ModelName::Multivae => crate::cli::multivae_cmd::run_train_multivae(a, quiet),
+            ModelName::Diffrec => crate::cli::diffrec_cmd::run_train_diffrec(a, quiet),
+            _ => crate::cli::cdae_cmd::run_train_cdae(a, quiet),
+        };
     }
     if a.ddrm.from.is_some() {
         bail!("--from needs --denoise ddrm (T-CE and R-CE train a backend from scratch: give --model)");
@@ -393,6 +415,12 @@ pub fn run_queries(
     }
     if rc.kind == "multivae" {
         return crate::cli::multivae_cmd::multivae_queries(&tf, rc, ds, users);
+    }
+    if rc.kind == "diffrec" {
+        return crate::cli::diffrec_cmd::diffrec_queries(&tf, rc, ds, users);
+    }
+    if rc.kind == "cdae" {
+        return crate::cli::cdae_cmd::cdae_queries(&tf, rc, ds, users);
     }
     let (fin, rows, cols) = tf.get("final")?;
     if rows != nu + ds.n_items() || cols != d {

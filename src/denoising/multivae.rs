@@ -100,6 +100,18 @@ impl VaeBatch {
     /// The batch for `users` of `train`: rows normalized to unit L2 norm; with `dropout > 0`
     /// each entry is kept with probability `1 − dropout` and scaled by `1 / (1 − dropout)`.
     pub fn build(train: &CsrView, users: &[u32], dropout: f32, rng: &mut Rng) -> Self {
+        Self::build_with(train, users, dropout, true, rng)
+    }
+
+    /// [`Self::build`] with the normalization optional (`normalize = false`: entries are 1
+    /// before dropout scaling).
+    pub fn build_with(
+        train: &CsrView,
+        users: &[u32],
+        dropout: f32,
+        normalize: bool,
+        rng: &mut Rng,
+    ) -> Self {
         let mut b = VaeBatch {
             in_ptr: vec![0],
             tg_ptr: vec![0],
@@ -112,7 +124,9 @@ impl VaeBatch {
         };
         for &u in users {
             let row = train.row(u as usize);
-            let v = if row.is_empty() {
+            let v = if !normalize {
+                1.0
+            } else if row.is_empty() {
                 0.0
             } else {
                 1.0 / (row.len() as f32).sqrt()
