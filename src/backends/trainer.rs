@@ -4,7 +4,7 @@
 use super::model::{Model, ModelConfig};
 use super::sampler::sample_epoch;
 use crate::data::{Dataset, Split};
-use crate::eval::{evaluate_embeddings, Metrics};
+use crate::eval::{evaluate_embeddings, EarlyStop, Metrics};
 use crate::util::progress;
 use serde::{Deserialize, Serialize};
 use std::time::Instant;
@@ -93,12 +93,10 @@ pub fn train(
     let d = cfg.model.dim;
     let nu = ds.n_users();
     let mut model = Model::new(cfg.model.clone(), ds, cfg.seed);
-    let mut best: Option<(usize, Metrics, Vec<f32>)> = None;
+    let mut stop = EarlyStop::new(cfg.patience);
     let mut history = Vec::new();
-    let mut since_best = 0usize;
     let mut train_time = 0f64;
     let mut epochs_run = 0usize;
-    let k_sel = 20;
     let bar = progress::bar(cfg.epochs as u64, cfg.model.backend.label(), quiet);
     for epoch in 1..=cfg.epochs {
         let t0 = Instant::now();
@@ -122,20 +120,13 @@ pub fn train(
             };
             on_record(&rec);
             history.push(rec);
-            let r = valid.recall(k_sel);
-            if best.as_ref().is_none_or(|b| r > b.1.recall(k_sel)) {
-                best = Some((epoch, valid, model.ego.clone()));
-                since_best = 0;
-            } else {
-                since_best += 1;
-                if since_best >= cfg.patience {
-                    break;
-                }
+            if stop.observe(epoch, valid, || model.ego.clone()) {
+                break;
             }
         }
     }
     bar.finish_and_clear();
-    let (best_epoch, best_valid, ego) = best.expect("at least one validation runs");
+    let (best_epoch, best_valid, ego) = stop.into_best().expect("at least one validation runs");
     model.ego = ego;
     let fin = model.final_embeddings();
     let test = evaluate_embeddings(ds, Split::Test, &fin[..nu * d], &fin[nu * d..], d, &cfg.ks);

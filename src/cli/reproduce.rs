@@ -57,7 +57,7 @@ pub struct ReproduceArgs {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "tce,rce,multivae"
+        default_value = "tce,rce,cdae,multivae,diffrec"
     )]
     pub baselines: Vec<Baseline>,
     /// Backends the baselines run on (the graph backends take minutes per baseline).

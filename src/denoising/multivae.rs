@@ -14,7 +14,7 @@
 //! score + mask + top-K kernel as every other model.
 
 use crate::data::{CsrView, Dataset, Split};
-use crate::eval::{eval_users, evaluate_queries, Metrics};
+use crate::eval::{eval_users, evaluate_queries, EarlyStop, Metrics};
 use crate::kernels::cpu::elementwise::{axpy, exp_inplace, tanh_inplace};
 use crate::kernels::cpu::topk::PackedItems;
 use crate::kernels::cpu::Act;
@@ -479,8 +479,8 @@ pub fn train(
     let mut users: Vec<u32> = (0..ds.n_users() as u32)
         .filter(|&u| train_csr.row_len(u as usize) > 0)
         .collect();
-    let mut best: Option<(usize, Metrics, MultVae)> = None;
-    let (mut since_best, mut step, mut train_time, mut epochs_run) = (0usize, 0u64, 0f64, 0usize);
+    let mut stop = EarlyStop::new(cfg.patience);
+    let (mut step, mut train_time, mut epochs_run) = (0u64, 0f64, 0usize);
     let bar = progress::bar(cfg.epochs as u64, "MultiVAE", quiet);
     let l = cfg.latent;
     for epoch in 1..=cfg.epochs {
@@ -525,20 +525,13 @@ pub fn train(
                 valid: valid.clone(),
             };
             on_record(&rec);
-            let r = valid.recall(20);
-            if best.as_ref().is_none_or(|b| r > b.1.recall(20)) {
-                best = Some((epoch, valid, model.clone()));
-                since_best = 0;
-            } else {
-                since_best += 1;
-                if since_best >= cfg.patience.max(1) {
-                    break;
-                }
+            if stop.observe(epoch, valid, || model.clone()) {
+                break;
             }
         }
     }
     bar.finish_and_clear();
-    let (best_epoch, best_valid, model) = best.expect("at least one validation runs");
+    let (best_epoch, best_valid, model) = stop.into_best().expect("at least one validation runs");
     let test = model.evaluate(ds, Split::Test, &cfg.ks);
     VaeOutcome {
         best_epoch,

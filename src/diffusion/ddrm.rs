@@ -9,7 +9,7 @@ use crate::backends::graph::Graph;
 use crate::backends::sampler::sample_epoch;
 use crate::backends::Model;
 use crate::data::{Dataset, Split};
-use crate::eval::{eval_users, evaluate_queries, Metrics};
+use crate::eval::{eval_users, evaluate_queries, EarlyStop, Metrics};
 use crate::kernels::cpu::elementwise::{axpy, gather_rows, row_dots, sigmoid};
 use crate::kernels::cpu::topk::PackedItems;
 use crate::kernels::cpu::Act;
@@ -962,9 +962,8 @@ pub fn train_ddrm(
     let mut trainer = DdrmTrainer::new(model);
     // best epoch: its denoisers and, under --joint, its embeddings
     type Snapshot = (Denoiser, Denoiser, Option<(Vec<f32>, JointBackend)>);
-    let mut best: Option<(usize, Metrics, Snapshot)> = None;
+    let mut stop: EarlyStop<Snapshot> = EarlyStop::new(cfg.patience);
     let mut history = Vec::new();
-    let mut since = 0usize;
     let (mut tsum, mut fsum, mut ne) = (0f64, 0f64, 0usize);
     let bar = progress::bar(cfg.epochs as u64, "DDRM", quiet);
     for epoch in 1..=cfg.epochs {
@@ -993,27 +992,18 @@ pub fn train_ddrm(
             };
             on_record(&rec);
             history.push(rec);
-            if best
-                .as_ref()
-                .is_none_or(|b| valid.recall(20) > b.1.recall(20))
-            {
+            let snapshot = || {
                 let joint = model.joint.as_ref().map(|j| (model.emb.clone(), j.clone()));
-                best = Some((
-                    epoch,
-                    valid,
-                    (model.user_dn.clone(), model.item_dn.clone(), joint),
-                ));
-                since = 0;
-            } else {
-                since += 1;
-                if since >= cfg.patience {
-                    break;
-                }
+                (model.user_dn.clone(), model.item_dn.clone(), joint)
+            };
+            if stop.observe(epoch, valid, snapshot) {
+                break;
             }
         }
     }
     bar.finish_and_clear();
-    let (best_epoch, best_valid, (u, i, joint)) = best.expect("at least one validation");
+    let (best_epoch, best_valid, (u, i, joint)) =
+        stop.into_best().expect("at least one validation");
     if let Some((emb, jb)) = joint {
         model.emb = emb;
         model.joint = Some(jb);

@@ -1,8 +1,10 @@
 //! Full-ranking evaluation: every user with held-out items is scored against every item by
 //! the fused top-K kernel, seen items masked (train; train and valid when testing).
 
+pub mod early_stop;
 pub mod metrics;
 
+pub use early_stop::EarlyStop;
 pub use metrics::{AtK, Metrics, MetricsAcc};
 
 use crate::data::{Dataset, Split};
