@@ -822,3 +822,68 @@ fn reproduce_runs_every_default_row() {
     ]);
     assert!(code != 0 && err.contains("deca"), "{err}");
 }
+
+/// The random-noise experiment: one row per ratio (backend, + R-CE, + DDRM), a table, JSON and
+/// a plot; the corrupted datasets keep the clean test split.
+#[test]
+fn noise_experiment_runs_each_ratio() {
+    let dir = tempfile::tempdir().unwrap();
+    let ds = synth(dir.path(), "s.ddrm", "9");
+    let out = dir.path().join("noise").to_str().unwrap().to_string();
+    let stdout = ok(&[
+        "-q",
+        "--threads",
+        "2",
+        "experiment",
+        "noise",
+        "--dataset",
+        &ds,
+        "--ratios",
+        "0,0.5",
+        "--backend-epochs",
+        "2",
+        "--ddrm-epochs",
+        "1",
+        "--out",
+        &out,
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let rows = v["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[1]["ratio"], 0.5);
+    for r in rows {
+        for k in ["backend", "rce", "ddrm"] {
+            assert!(r[k][0].as_f64().unwrap() > 0.0, "{r}");
+        }
+    }
+    let clean = ddrm::data::Dataset::open(Path::new(&ds)).unwrap();
+    let noisy = ddrm::data::Dataset::open(&Path::new(&out).join("noise-0.5.ddrm")).unwrap();
+    assert_eq!(clean.test().indices, noisy.test().indices);
+    assert_eq!(clean.train().nnz(), noisy.train().nnz());
+    let moved = clean
+        .train()
+        .pairs()
+        .filter(|&(u, i)| !noisy.train().contains(u as usize, i))
+        .count();
+    let expect = clean.train().nnz() / 2;
+    assert!(
+        moved.abs_diff(expect) <= 2,
+        "{moved} of {} train pairs replaced",
+        clean.train().nnz()
+    );
+    let svg = std::fs::read_to_string(Path::new(&out).join("noise-recall.svg")).unwrap();
+    assert_eq!(svg.matches("<polyline").count(), 3);
+    assert!(Path::new(&out).join("noise.md").exists());
+    let (code, _, err) = ddrm(&[
+        "experiment",
+        "noise",
+        "--dataset",
+        &ds,
+        "--ratios",
+        "0,1",
+        "--out",
+        &out,
+    ]);
+    assert!(code != 0 && err.contains("--ratios"), "{err}");
+}

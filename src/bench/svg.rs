@@ -1,4 +1,5 @@
-//! A small log-log line plot written as SVG (time vs size for each system).
+//! Small line plots written as SVG: log-log (time vs size for each system) and linear (a
+//! metric vs a setting, e.g. Recall@20 vs noise ratio).
 
 /// One series: name and (x, y) points (both > 0).
 pub struct Series {
@@ -8,18 +9,29 @@ pub struct Series {
     pub points: Vec<(f64, f64)>,
 }
 
-/// Render a log-log plot.
+/// Render a log-log plot (points with a non-positive coordinate are left out).
 pub fn loglog(title: &str, xlabel: &str, ylabel: &str, series: &[Series]) -> String {
+    plot(title, xlabel, ylabel, series, true)
+}
+
+/// Render a plot with linear axes (five ticks per axis; non-finite points left out).
+pub fn linear(title: &str, xlabel: &str, ylabel: &str, series: &[Series]) -> String {
+    plot(title, xlabel, ylabel, series, false)
+}
+
+fn plot(title: &str, xlabel: &str, ylabel: &str, series: &[Series], log: bool) -> String {
     let (w, h, ml, mr, mt, mb) = (720.0, 440.0, 80.0, 180.0, 40.0, 60.0);
+    let keep =
+        |p: &(f64, f64)| p.0.is_finite() && p.1.is_finite() && (!log || (p.0 > 0.0 && p.1 > 0.0));
     let pts: Vec<(f64, f64)> = series
         .iter()
         .flat_map(|s| s.points.iter().copied())
-        .filter(|p| p.0 > 0.0 && p.1 > 0.0)
+        .filter(keep)
         .collect();
     if pts.is_empty() {
         return format!("<svg xmlns='http://www.w3.org/2000/svg' width='{w}' height='{h}'><text x='20' y='40'>{title}: no data</text></svg>");
     }
-    let lx = |v: f64| v.log10();
+    let lx = |v: f64| if log { v.log10() } else { v };
     let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
     for &(x, y) in &pts {
         x0 = x0.min(lx(x));
@@ -27,18 +39,42 @@ pub fn loglog(title: &str, xlabel: &str, ylabel: &str, series: &[Series]) -> Str
         y0 = y0.min(lx(y));
         y1 = y1.max(lx(y));
     }
-    let (x0, x1) = (x0.floor(), x1.ceil().max(x0.floor() + 1.0));
-    let (y0, y1) = (y0.floor(), y1.ceil().max(y0.floor() + 1.0));
+    let widen = |a: f64, b: f64| -> (f64, f64) {
+        if log {
+            (a.floor(), b.ceil().max(a.floor() + 1.0))
+        } else if b > a {
+            let pad = 0.05 * (b - a);
+            (a - pad, b + pad)
+        } else {
+            (a - 0.5 * a.abs().max(1e-3), b + 0.5 * b.abs().max(1e-3))
+        }
+    };
+    let ((x0, x1), (y0, y1)) = (widen(x0, x1), widen(y0, y1));
+    // tick positions in transformed units, and their labels
+    let ticks = |a: f64, b: f64| -> Vec<(f64, String)> {
+        if log {
+            ((a as i32)..=(b as i32))
+                .map(|e| (e as f64, format!("1e{e}")))
+                .collect()
+        } else {
+            (0..5)
+                .map(|k| {
+                    let v = a + (b - a) * k as f64 / 4.0;
+                    (v, format!("{v:.3}"))
+                })
+                .collect()
+        }
+    };
     let px = |x: f64| ml + (lx(x) - x0) / (x1 - x0) * (w - ml - mr);
     let py = |y: f64| h - mb - (lx(y) - y0) / (y1 - y0) * (h - mt - mb);
     let mut s = format!("<svg xmlns='http://www.w3.org/2000/svg' width='{w}' height='{h}' font-family='sans-serif' font-size='12'>\n<rect width='100%' height='100%' fill='white'/>\n<text x='{}' y='24' font-size='15'>{title}</text>\n", ml);
-    for e in (x0 as i32)..=(x1 as i32) {
-        let x = ml + (e as f64 - x0) / (x1 - x0) * (w - ml - mr);
-        s += &format!("<line x1='{x}' y1='{}' x2='{x}' y2='{}' stroke='#ddd'/><text x='{x}' y='{}' text-anchor='middle'>1e{e}</text>\n", mt, h - mb, h - mb + 18.0);
+    for (e, label) in ticks(x0, x1) {
+        let x = ml + (e - x0) / (x1 - x0) * (w - ml - mr);
+        s += &format!("<line x1='{x}' y1='{}' x2='{x}' y2='{}' stroke='#ddd'/><text x='{x}' y='{}' text-anchor='middle'>{label}</text>\n", mt, h - mb, h - mb + 18.0);
     }
-    for e in (y0 as i32)..=(y1 as i32) {
-        let y = h - mb - (e as f64 - y0) / (y1 - y0) * (h - mt - mb);
-        s += &format!("<line x1='{ml}' y1='{y}' x2='{}' y2='{y}' stroke='#ddd'/><text x='{}' y='{}' text-anchor='end'>1e{e}</text>\n", w - mr, ml - 6.0, y + 4.0);
+    for (e, label) in ticks(y0, y1) {
+        let y = h - mb - (e - y0) / (y1 - y0) * (h - mt - mb);
+        s += &format!("<line x1='{ml}' y1='{y}' x2='{}' y2='{y}' stroke='#ddd'/><text x='{}' y='{}' text-anchor='end'>{label}</text>\n", w - mr, ml - 6.0, y + 4.0);
     }
     s += &format!(
         "<text x='{}' y='{}' text-anchor='middle'>{xlabel}</text>\n",
@@ -58,7 +94,7 @@ pub fn loglog(title: &str, xlabel: &str, ylabel: &str, series: &[Series]) -> Str
         let p: Vec<String> = se
             .points
             .iter()
-            .filter(|p| p.0 > 0.0 && p.1 > 0.0)
+            .filter(|p| keep(p))
             .map(|&(x, y)| format!("{:.1},{:.1}", px(x), py(y)))
             .collect();
         s += &format!(

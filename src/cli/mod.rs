@@ -5,6 +5,7 @@ pub mod cdae_cmd;
 mod data_cmd;
 pub mod ddrm_cmd;
 pub mod diffrec_cmd;
+pub mod experiment_cmd;
 pub mod multivae_cmd;
 pub mod reproduce;
 pub mod run_dir;
@@ -43,6 +44,9 @@ enum Command {
     Reproduce(reproduce::ReproduceArgs),
     /// Throughput profiling against the machine's limits and framework baselines.
     Bench(bench_cmd::BenchArgs),
+    /// The paper's experiments beyond Table 2 (random noise).
+    #[command(subcommand)]
+    Experiment(experiment_cmd::ExperimentCommand),
 }
 
 /// Parse arguments, run, and return the process exit code. Errors are printed as one clear
@@ -85,6 +89,7 @@ pub fn main() -> i32 {
         Command::Recommend(a) => train_cmd::run_recommend(&a),
         Command::Reproduce(a) => reproduce::run(&a, cli.quiet),
         Command::Bench(a) => bench_cmd::run(&a, cli.quiet),
+        Command::Experiment(c) => experiment_cmd::run(&c, cli.quiet),
     };
     match res {
         Ok(()) => 0,

@@ -127,9 +127,12 @@ pub struct Row {
     pub run: PathBuf,
 }
 
-fn backend_args(
+/// The training arguments `reproduce` uses for backend `b` (with a loss-level `baseline`).
+pub fn backend_args(
     b: Backend,
-    a: &ReproduceArgs,
+    dataset: &str,
+    seed: u64,
+    max_epochs: Option<usize>,
     baseline: Option<Baseline>,
     out: PathBuf,
 ) -> TrainArgs {
@@ -152,15 +155,15 @@ fn backend_args(
         tce_warmup: 2000,
         rce_beta: 0.1,
         ddrm: DdrmArgs::default(),
-        dataset: a.dataset.clone(),
-        seed: a.seed,
+        dataset: dataset.to_string(),
+        seed,
         out,
         dim: 64,
         layers,
         lr: Some(lr),
         reg: None,
         batch: Some(batch),
-        epochs: Some(a.backend_epochs.unwrap_or(epochs)),
+        epochs: Some(max_epochs.unwrap_or(epochs)),
         eval_every: 5,
         // valid Recall@20 of the graph models plateaus with +-1% wiggles from epoch 20 on;
         // patience 3 stopped LightGCN at epoch 35 (best 20, test R@20 0.1103), 8 lets it
@@ -198,6 +201,40 @@ fn row(label: String, r: &RunResult, run: PathBuf) -> Row {
     }
 }
 
+/// DDRM as `reproduce` trains it on the backend run `from` (preset by `recipe`).
+pub fn ddrm_stage(
+    b: Backend,
+    recipe: Recipe,
+    from: &std::path::Path,
+    seed: u64,
+    max_epochs: Option<usize>,
+    out: &std::path::Path,
+    quiet: bool,
+) -> Result<RunResult> {
+    let preset = match (recipe, b) {
+        (Recipe::Paper, _) => Preset::Paper,
+        (Recipe::Authors, Backend::Mf) => Preset::AuthorsMf,
+        (Recipe::Authors, Backend::Lightgcn) => Preset::AuthorsLightgcn,
+        (Recipe::Authors, Backend::Sgl) => Preset::AuthorsSgl,
+    };
+    let dargs = DdrmArgs {
+        from: Some(from.to_path_buf()),
+        preset: Some(preset),
+        ..DdrmArgs::default()
+    };
+    let cfg = ddrm_config(
+        &dargs,
+        None,
+        None,
+        Some(max_epochs.unwrap_or(6)),
+        2,
+        2,
+        seed,
+        &[10, 20],
+    )?;
+    run_train_ddrm(cfg, from, out, quiet)
+}
+
 /// Run the reproduction and print/write the table.
 pub fn run(a: &ReproduceArgs, quiet: bool) -> Result<()> {
     if a.models.is_empty() {
@@ -212,7 +249,10 @@ pub fn run(a: &ReproduceArgs, quiet: bool) -> Result<()> {
             eprintln!("== {} on {} ==", b.label(), a.dataset);
         }
         let bdir = a.out.join(&name);
-        let r = run_train(&backend_args(b, a, None, bdir.clone()), quiet)?;
+        let r = run_train(
+            &backend_args(b, &a.dataset, a.seed, a.backend_epochs, None, bdir.clone()),
+            quiet,
+        )?;
         rows.push(row(b.label().to_string(), &r, bdir.clone()));
         if !a.no_baselines && a.baselines_on.contains(&b) {
             for &x in &a.baselines {
@@ -225,36 +265,25 @@ pub fn run(a: &ReproduceArgs, quiet: bool) -> Result<()> {
                     eprintln!("== {} + {suffix} ==", b.label());
                 }
                 let xdir = a.out.join(format!("{name}-{}", suffix.to_lowercase()));
-                let r = run_train(&backend_args(b, a, Some(x), xdir.clone()), quiet)?;
+                let r = run_train(
+                    &backend_args(
+                        b,
+                        &a.dataset,
+                        a.seed,
+                        a.backend_epochs,
+                        Some(x),
+                        xdir.clone(),
+                    ),
+                    quiet,
+                )?;
                 rows.push(row(format!("{}+{suffix}", b.label()), &r, xdir));
             }
         }
         if !quiet {
             eprintln!("== {} + DDRM ==", b.label());
         }
-        let preset = match (a.recipe, b) {
-            (Recipe::Paper, _) => Preset::Paper,
-            (Recipe::Authors, Backend::Mf) => Preset::AuthorsMf,
-            (Recipe::Authors, Backend::Lightgcn) => Preset::AuthorsLightgcn,
-            (Recipe::Authors, Backend::Sgl) => Preset::AuthorsSgl,
-        };
-        let dargs = DdrmArgs {
-            from: Some(bdir.clone()),
-            preset: Some(preset),
-            ..DdrmArgs::default()
-        };
-        let cfg = ddrm_config(
-            &dargs,
-            None,
-            None,
-            Some(a.ddrm_epochs.unwrap_or(6)),
-            2,
-            2,
-            a.seed,
-            &[10, 20],
-        )?;
         let ddir = a.out.join(format!("{name}-ddrm"));
-        let r = run_train_ddrm(cfg, &bdir, &ddir, quiet)?;
+        let r = ddrm_stage(b, a.recipe, &bdir, a.seed, a.ddrm_epochs, &ddir, quiet)?;
         rows.push(row(format!("{}+DDRM", b.label()), &r, ddir));
     }
     for (x, m) in [
@@ -269,7 +298,14 @@ pub fn run(a: &ReproduceArgs, quiet: bool) -> Result<()> {
             eprintln!("== {} ==", m.label());
         }
         let vdir = a.out.join(m.label().to_lowercase());
-        let mut args = backend_args(Backend::Mf, a, None, vdir.clone());
+        let mut args = backend_args(
+            Backend::Mf,
+            &a.dataset,
+            a.seed,
+            a.backend_epochs,
+            None,
+            vdir.clone(),
+        );
         args.model = Some(m);
         // the model's own defaults (the authors' settings), not the backends'
         (args.lr, args.batch, args.reg) = (None, None, None);
