@@ -6,7 +6,7 @@ use super::graph::Graph;
 use crate::data::Dataset;
 use crate::denoising::Objective;
 use crate::kernels::cpu::elementwise::{axpy, gather_rows, row_dots, scale};
-use crate::kernels::cpu::spmm::spmm;
+use crate::kernels::cpu::spmm::{spmm, spmm_subset};
 use crate::nn::loss;
 use crate::nn::{Adam, AdamConfig};
 use crate::util::rng::Rng;
@@ -90,6 +90,7 @@ pub struct Model {
     layer_bufs: Vec<Vec<f32>>,
     slot: Vec<u32>, // MF: node -> row in the compact gradient (u32::MAX when untouched)
     step: u64,      // optimizer steps taken (the T-CE drop schedule)
+    batch_rows: Vec<bool>, // graph backends: the nodes of the current batch
 }
 
 /// Loss parts of one batch.
@@ -141,6 +142,7 @@ impl Model {
             layer_bufs: vec![],
             slot: vec![],
             step: 0,
+            batch_rows: vec![],
         }
     }
 
@@ -185,6 +187,20 @@ impl Model {
         out: &mut [f32],
         bufs: &mut Vec<Vec<f32>>,
     ) {
+        Self::propagate_rows(graphs, layers, d, src, out, bufs, None)
+    }
+
+    /// [`Self::propagate`] where only the rows marked in `rows` of `out` are needed: the last
+    /// layer is computed on those rows only (the other rows of `out` are then meaningless).
+    pub fn propagate_rows(
+        graphs: &[&Graph],
+        layers: usize,
+        d: usize,
+        src: &[f32],
+        out: &mut [f32],
+        bufs: &mut Vec<Vec<f32>>,
+        rows: Option<&[bool]>,
+    ) {
         out.copy_from_slice(src);
         if layers == 0 {
             return;
@@ -198,7 +214,11 @@ impl Model {
         cur.copy_from_slice(src);
         for l in 0..layers {
             let g = graphs[l.min(graphs.len() - 1)];
-            spmm(&g.adj, cur, d, nxt);
+            if l + 1 == layers && rows.is_some() {
+                spmm_subset(&g.adj, cur, d, nxt, rows, None);
+            } else {
+                spmm(&g.adj, cur, d, nxt);
+            }
             axpy(1.0, nxt, out);
             std::mem::swap(&mut cur, &mut nxt);
         }
@@ -215,6 +235,20 @@ impl Model {
         out: &mut [f32],
         bufs: &mut Vec<Vec<f32>>,
     ) {
+        Self::propagate_back_from(graphs, layers, d, g, out, bufs, None)
+    }
+
+    /// [`Self::propagate_back`] when `g` is zero outside the rows marked in `nonzero`: the
+    /// first product Â·g sums only those rows' terms (same result, bit for bit).
+    pub fn propagate_back_from(
+        graphs: &[&Graph],
+        layers: usize,
+        d: usize,
+        g: &[f32],
+        out: &mut [f32],
+        bufs: &mut Vec<Vec<f32>>,
+        nonzero: Option<&[bool]>,
+    ) {
         out.copy_from_slice(g);
         if layers == 0 {
             return;
@@ -223,7 +257,11 @@ impl Model {
         bufs[0].resize(g.len(), 0.0);
         for l in (0..layers).rev() {
             let gr = graphs[l.min(graphs.len() - 1)];
-            spmm(&gr.adj, out, d, &mut bufs[0]);
+            if l + 1 == layers && nonzero.is_some() {
+                spmm_subset(&gr.adj, out, d, &mut bufs[0], None, nonzero);
+            } else {
+                spmm(&gr.adj, out, d, &mut bufs[0]);
+            }
             out.copy_from_slice(g);
             axpy(1.0, &bufs[0], out);
         }
@@ -258,11 +296,28 @@ impl Model {
         let nu = self.n_users as u32;
         let mut fin = std::mem::take(&mut self.fin);
         let is_mf = self.cfg.backend == Backend::Mf;
-        if !is_mf {
-            self.compute_final_into(&mut fin);
-        }
         let pos_n: Vec<u32> = pos.iter().map(|&i| i + nu).collect();
         let neg_n: Vec<u32> = neg.iter().map(|&i| i + nu).collect();
+        // the batch's nodes: only their final embeddings are read, and only their rows of the
+        // gradient w.r.t. the final embeddings are non-zero
+        let mut batch_rows = std::mem::take(&mut self.batch_rows);
+        if !is_mf {
+            batch_rows.clear();
+            batch_rows.resize(self.n_users + self.n_items, false);
+            for &n in users.iter().chain(&pos_n).chain(&neg_n) {
+                batch_rows[n as usize] = true;
+            }
+            let g = self.graph.as_ref().expect("graph backends have a graph");
+            Self::propagate_rows(
+                &[g],
+                self.cfg.layers,
+                self.cfg.dim,
+                &self.ego,
+                &mut fin,
+                &mut self.layer_bufs,
+                Some(&batch_rows),
+            );
+        }
         let (mut eu, mut ei, mut ej) = (vec![0f32; b * d], vec![0f32; b * d], vec![0f32; b * d]);
         {
             let src: &[f32] = if is_mf { &self.ego } else { &fin };
@@ -302,15 +357,17 @@ impl Model {
         let mut dego = vec![0f32; self.ego.len()];
         match &self.graph {
             None => dego.copy_from_slice(&g),
-            Some(gr) => Self::propagate_back(
+            Some(gr) => Self::propagate_back_from(
                 &[gr],
                 self.cfg.layers,
                 d,
                 &g,
                 &mut dego,
                 &mut self.layer_bufs,
+                Some(&batch_rows),
             ),
         }
+        self.batch_rows = batch_rows;
         if self.cfg.backend == Backend::Sgl {
             // SGL's view gradients were accumulated into `fin` by ssl_step
             axpy(1.0, &fin, &mut dego);

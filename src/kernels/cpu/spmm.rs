@@ -51,6 +51,67 @@ pub fn spmm(a: &SparseMatrix, x: &[f32], d: usize, out: &mut [f32]) {
         });
 }
 
+/// [`spmm`] on a subset: with `rows`, only the rows `r` with `rows[r]` are computed (the other
+/// rows of `out` are left as they are); with `cols`, only the entries whose column `c` has
+/// `cols[c]` are summed. When `x` is zero outside `cols`, the result equals [`spmm`]'s bit for
+/// bit (the skipped terms are exact zeros); LightGCN uses it for the last forward layer (only
+/// the batch's rows are read) and the first backward layer (the gradient is non-zero only on
+/// the batch's rows).
+pub fn spmm_subset(
+    a: &SparseMatrix,
+    x: &[f32],
+    d: usize,
+    out: &mut [f32],
+    rows: Option<&[bool]>,
+    cols: Option<&[bool]>,
+) {
+    assert_eq!(x.len(), a.n_cols * d, "spmm_subset: x must be n_cols x d");
+    assert_eq!(
+        out.len(),
+        a.n_rows * d,
+        "spmm_subset: out must be n_rows x d"
+    );
+    assert!(
+        rows.is_none_or(|m| m.len() == a.n_rows),
+        "spmm_subset: row mask length"
+    );
+    assert!(
+        cols.is_none_or(|m| m.len() == a.n_cols),
+        "spmm_subset: column mask length"
+    );
+    if d == 0 {
+        return;
+    }
+    out.par_chunks_mut(d * ROWS_PER_TASK)
+        .enumerate()
+        .for_each(|(blk, ob)| {
+            let r0 = blk * ROWS_PER_TASK;
+            let (mut fc, mut fv) = (Vec::new(), Vec::new());
+            for (rr, orow) in ob.chunks_exact_mut(d).enumerate() {
+                let r = r0 + rr;
+                if rows.is_some_and(|m| !m[r]) {
+                    continue;
+                }
+                let (s, e) = (a.indptr[r] as usize, a.indptr[r + 1] as usize);
+                match cols {
+                    None => spmm_row(&a.indices[s..e], &a.values[s..e], x, d, orow),
+                    Some(m) => {
+                        fc.clear();
+                        fv.clear();
+                        for p in s..e {
+                            let c = a.indices[p];
+                            if m[c as usize] {
+                                fc.push(c);
+                                fv.push(a.values[p]);
+                            }
+                        }
+                        spmm_row(&fc, &fv, x, d, orow);
+                    }
+                }
+            }
+        });
+}
+
 #[inline]
 fn spmm_row(cols: &[u32], vals: &[f32], x: &[f32], d: usize, orow: &mut [f32]) {
     let mut c0 = 0;
