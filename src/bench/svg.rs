@@ -14,7 +14,8 @@ pub fn loglog(title: &str, xlabel: &str, ylabel: &str, series: &[Series]) -> Str
     plot(title, xlabel, ylabel, series, true)
 }
 
-/// Render a plot with linear axes (five ticks per axis; non-finite points left out).
+/// Render a plot with linear axes (about five round-numbered ticks per axis; non-finite
+/// points left out).
 pub fn linear(title: &str, xlabel: &str, ylabel: &str, series: &[Series]) -> String {
     plot(title, xlabel, ylabel, series, false)
 }
@@ -57,11 +58,20 @@ fn plot(title: &str, xlabel: &str, ylabel: &str, series: &[Series], log: bool) -
                 .map(|e| (e as f64, format!("1e{e}")))
                 .collect()
         } else {
-            (0..5)
-                .map(|k| {
-                    let v = a + (b - a) * k as f64 / 4.0;
-                    (v, format!("{v:.3}"))
-                })
+            // a "nice" step (1, 2 or 5 times a power of ten) giving four to seven ticks
+            let raw = (b - a) / 6.0;
+            let mag = 10f64.powf(raw.log10().floor());
+            let step = [1.0, 2.0, 5.0, 10.0]
+                .iter()
+                .map(|m| m * mag)
+                .find(|st| *st >= raw)
+                .unwrap_or(10.0 * mag);
+            let decimals = (-step.log10().floor()).max(0.0) as usize;
+            let k0 = (a / step).ceil() as i64;
+            (k0..)
+                .map(|k| k as f64 * step + 0.0) // + 0.0: no "-0.0" label
+                .take_while(|v| *v <= b + 1e-9 * step)
+                .map(|v| (v, format!("{v:.decimals$}")))
                 .collect()
         }
     };
@@ -129,4 +139,32 @@ pub fn loglog_slope(points: &[(f64, f64)]) -> f64 {
     let num: f64 = v.iter().map(|p| (p.0 - mx) * (p.1 - my)).sum();
     let den: f64 = v.iter().map(|p| (p.0 - mx).powi(2)).sum();
     num / den
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn linear_plot_has_round_ticks_and_every_series() {
+        let series = [
+            Series {
+                name: "a".into(),
+                points: vec![(0.0, 0.1469), (0.2, 0.1149), (0.6, 0.0697)],
+            },
+            Series {
+                name: "b".into(),
+                points: vec![(0.0, 0.1458), (0.6, f64::NAN), (0.4, 0.0942)],
+            },
+        ];
+        let svg = linear("t", "x", "y", &series);
+        assert_eq!(svg.matches("<polyline").count(), 2);
+        // x ticks 0.0 … 0.6 in steps of 0.2, y ticks at round hundredths
+        for t in [">0.0<", ">0.2<", ">0.4<", ">0.6<", ">0.08<", ">0.14<"] {
+            assert!(svg.contains(t), "missing tick {t}");
+        }
+        assert!(!svg.contains("NaN"));
+        let log = loglog("t", "x", "y", &series);
+        assert!(log.contains(">1e-1<") || log.contains(">1e0<"));
+    }
 }
