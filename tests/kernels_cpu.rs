@@ -4,7 +4,7 @@
 use ddrm::data::{Csr, DuplicatePolicy};
 use ddrm::kernels::cpu::elementwise as ew;
 use ddrm::kernels::cpu::gemm::{gemm_ex, gemm_reference, Act, Epilogue};
-use ddrm::kernels::cpu::spmm::{spmm, spmm_reference, SparseMatrix};
+use ddrm::kernels::cpu::spmm::{spmm, spmm_reference, spmm_with, SparseMatrix};
 use ddrm::kernels::cpu::topk::{fused_topk, topk_reference, PackedItems};
 use ddrm::kernels::cpu::Isa;
 use proptest::prelude::*;
@@ -86,6 +86,18 @@ proptest! {
             prop_assert!(close(ew::log_sigmoid(v), -(1.0 + (-v64).exp()).ln(), 1e-6, 1e-6), "log_sigmoid({})", v);
             prop_assert!(close(ew::sigmoid(v), sg, 1e-7, 1e-6));
         }
+        // every instruction set gives the same bits, NaN and infinities included
+        let mut xs = x.clone();
+        xs.extend([f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 0.0, -0.0, 1e30, -1e30, 88.0, -87.0]);
+        for op in [ew::Unary::Exp, ew::Unary::Sigmoid, ew::Unary::Tanh] {
+            let mut base = xs.clone();
+            ew::unary_inplace_with(Isa::Portable, &mut base, op);
+            for isa in Isa::available() {
+                let mut y = xs.clone();
+                ew::unary_inplace_with(isa, &mut y, op);
+                prop_assert!(y.iter().zip(&base).all(|(a, b)| a.to_bits() == b.to_bits()), "{:?} on {} differs", op, isa.name());
+            }
+        }
     }
 
     #[test]
@@ -150,6 +162,12 @@ proptest! {
         spmm(&a, &x, d, &mut got);
         spmm_reference(&a, &x, d, &mut want);
         for (g, w) in got.iter().zip(&want) { prop_assert!(close(*g, *w as f64, 1e-5, 1e-5)); }
+        // every instruction set gives the same bits (same operations in the same order)
+        for isa in Isa::available() {
+            let mut other = vec![f32::NAN; nr * d];
+            spmm_with(isa, &a, &x, d, &mut other);
+            prop_assert!(other.iter().zip(&got).all(|(o, g)| o.to_bits() == g.to_bits()), "{} differs", isa.name());
+        }
     }
 
     /// Fused top-K equals score-all-then-sort, ties broken by lower item id, masks applied.

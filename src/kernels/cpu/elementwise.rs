@@ -2,6 +2,7 @@
 //! scalar functions. Large arrays are split over threads in fixed chunks (deterministic).
 
 use super::gemm::Act;
+use super::Isa;
 use rayon::prelude::*;
 use wide::{f32x8, i32x8, CmpGt};
 
@@ -82,19 +83,136 @@ fn map_inplace(x: &mut [f32], v: impl Fn(f32x8) -> f32x8 + Sync, s: impl Fn(f32)
     }
 }
 
+/// A transcendental element-wise function with a vector path on each instruction set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unary {
+    /// e^x (inputs clamped to [-87.3, 88.3]).
+    Exp,
+    /// 1 / (1 + e^-x).
+    Sigmoid,
+    /// tanh(x).
+    Tanh,
+}
+
+/// Apply `op` in place with the given instruction set. The AVX path performs the portable
+/// path's operations in the same order (products and sums not fused), so every instruction
+/// set gives the same bits; the tail that does not fill a vector uses the scalar function.
+pub fn unary_inplace_with(isa: Isa, x: &mut [f32], op: Unary) {
+    assert!(
+        Isa::available().contains(&isa),
+        "element-wise: instruction set {} is not available on this CPU",
+        isa.name()
+    );
+    let scalar = |v: f32| match op {
+        Unary::Exp => v.clamp(-87.3, 88.3).exp(),
+        Unary::Sigmoid => sigmoid(v),
+        Unary::Tanh => v.tanh(),
+    };
+    let run = |chunk: &mut [f32]| {
+        let n8 = chunk.len() / 8 * 8;
+        let (body, tail) = chunk.split_at_mut(n8);
+        #[cfg(target_arch = "x86_64")]
+        let done = if isa == Isa::Avx2Fma {
+            // SAFETY: AVX2 is available (asserted on entry); `body` holds whole vectors.
+            unsafe { avx::unary(body, op) };
+            true
+        } else {
+            false
+        };
+        #[cfg(not(target_arch = "x86_64"))]
+        let done = false;
+        if !done {
+            let v = match op {
+                Unary::Exp => exp8,
+                Unary::Sigmoid => sigmoid8,
+                Unary::Tanh => tanh8,
+            };
+            for c in body.chunks_exact_mut(8) {
+                let r = v(load(c)).to_array();
+                c.copy_from_slice(&r);
+            }
+        }
+        for e in tail {
+            *e = scalar(*e);
+        }
+    };
+    if x.len() >= PAR_MIN {
+        x.par_chunks_mut(PAR_MIN / 4).for_each(run);
+    } else {
+        run(x);
+    }
+}
+
 /// In-place exp.
 pub fn exp_inplace(x: &mut [f32]) {
-    map_inplace(x, exp8, |v| v.clamp(-87.3, 88.3).exp());
+    unary_inplace_with(Isa::detect(), x, Unary::Exp);
 }
 
 /// In-place sigmoid.
 pub fn sigmoid_inplace(x: &mut [f32]) {
-    map_inplace(x, sigmoid8, sigmoid);
+    unary_inplace_with(Isa::detect(), x, Unary::Sigmoid);
 }
 
 /// In-place tanh.
 pub fn tanh_inplace(x: &mut [f32]) {
-    map_inplace(x, tanh8, f32::tanh);
+    unary_inplace_with(Isa::detect(), x, Unary::Tanh);
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx {
+    use super::Unary;
+    use std::arch::x86_64::*;
+
+    /// [`super::exp8`] on one AVX register, operation for operation.
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    unsafe fn exp8(x: __m256) -> __m256 {
+        let s = _mm256_set1_ps;
+        let (mul, add, sub) = (_mm256_mul_ps, _mm256_add_ps, _mm256_sub_ps);
+        let x = _mm256_min_ps(_mm256_max_ps(x, s(-87.3)), s(88.3));
+        let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(mul(
+            x,
+            s(std::f32::consts::LOG2_E),
+        ));
+        let r = sub(sub(x, mul(n, s(0.693_359_4))), mul(n, s(-2.121_944_4e-4)));
+        let mut p = s(1.987_569_1e-4);
+        p = add(mul(p, r), s(1.398_199_9e-3));
+        p = add(mul(p, r), s(8.333_452e-3));
+        p = add(mul(p, r), s(4.166_579_6e-2));
+        p = add(mul(p, r), s(1.666_666_5e-1));
+        p = add(mul(p, r), s(0.5));
+        let y = add(add(mul(mul(p, r), r), r), s(1.0));
+        let ni = _mm256_cvtps_epi32(n);
+        let bits = _mm256_slli_epi32::<23>(_mm256_add_epi32(ni, _mm256_set1_epi32(127)));
+        mul(y, _mm256_castsi256_ps(bits))
+    }
+
+    /// `op` over `x` (length a multiple of 8).
+    ///
+    /// # Safety
+    /// The CPU has AVX2.
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn unary(x: &mut [f32], op: Unary) {
+        debug_assert!(x.len().is_multiple_of(8));
+        let one = _mm256_set1_ps(1.0);
+        let two = _mm256_set1_ps(2.0);
+        let p = x.as_mut_ptr();
+        for i in (0..x.len()).step_by(8) {
+            let v = _mm256_loadu_ps(p.add(i));
+            let r = match op {
+                Unary::Exp => exp8(v),
+                Unary::Sigmoid => {
+                    let e = exp8(_mm256_sub_ps(_mm256_setzero_ps(), v));
+                    _mm256_div_ps(one, _mm256_add_ps(one, e))
+                }
+                Unary::Tanh => {
+                    let e = exp8(_mm256_add_ps(v, v));
+                    _mm256_sub_ps(one, _mm256_div_ps(two, _mm256_add_ps(e, one)))
+                }
+            };
+            _mm256_storeu_ps(p.add(i), r);
+        }
+    }
 }
 
 /// In-place ReLU.

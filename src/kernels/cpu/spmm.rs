@@ -3,6 +3,8 @@
 use rayon::prelude::*;
 use wide::f32x8;
 
+use super::Isa;
+
 /// A CSR matrix with f32 values (e.g. the normalized adjacency of a graph).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct SparseMatrix {
@@ -34,6 +36,16 @@ const ROWS_PER_TASK: usize = 32;
 
 /// `out (n_rows x d) = A (n_rows x n_cols) · x (n_cols x d)`, overwriting `out`.
 pub fn spmm(a: &SparseMatrix, x: &[f32], d: usize, out: &mut [f32]) {
+    spmm_with(Isa::detect(), a, x, d, out)
+}
+
+/// [`spmm`] with a given instruction set (every set gives the same bits; tests compare them).
+pub fn spmm_with(isa: Isa, a: &SparseMatrix, x: &[f32], d: usize, out: &mut [f32]) {
+    assert!(
+        Isa::available().contains(&isa),
+        "spmm: instruction set {} is not available on this CPU",
+        isa.name()
+    );
     assert_eq!(x.len(), a.n_cols * d, "spmm: x must be n_cols x d");
     assert_eq!(out.len(), a.n_rows * d, "spmm: out must be n_rows x d");
     if d == 0 {
@@ -46,7 +58,7 @@ pub fn spmm(a: &SparseMatrix, x: &[f32], d: usize, out: &mut [f32]) {
             for (rr, orow) in ob.chunks_exact_mut(d).enumerate() {
                 let r = r0 + rr;
                 let (s, e) = (a.indptr[r] as usize, a.indptr[r + 1] as usize);
-                spmm_row(&a.indices[s..e], &a.values[s..e], x, d, orow);
+                spmm_row(isa, &a.indices[s..e], &a.values[s..e], x, d, orow);
             }
         });
 }
@@ -82,6 +94,7 @@ pub fn spmm_subset(
     if d == 0 {
         return;
     }
+    let isa = Isa::detect();
     out.par_chunks_mut(d * ROWS_PER_TASK)
         .enumerate()
         .for_each(|(blk, ob)| {
@@ -94,7 +107,7 @@ pub fn spmm_subset(
                 }
                 let (s, e) = (a.indptr[r] as usize, a.indptr[r + 1] as usize);
                 match cols {
-                    None => spmm_row(&a.indices[s..e], &a.values[s..e], x, d, orow),
+                    None => spmm_row(isa, &a.indices[s..e], &a.values[s..e], x, d, orow),
                     Some(m) => {
                         fc.clear();
                         fv.clear();
@@ -105,16 +118,36 @@ pub fn spmm_subset(
                                 fv.push(a.values[p]);
                             }
                         }
-                        spmm_row(&fc, &fv, x, d, orow);
+                        spmm_row(isa, &fc, &fv, x, d, orow);
                     }
                 }
             }
         });
 }
 
+/// One output row. The AVX path and the portable path perform the same operations in the same
+/// order (a product, then a sum: not fused), so their results are identical bit for bit.
 #[inline]
-fn spmm_row(cols: &[u32], vals: &[f32], x: &[f32], d: usize, orow: &mut [f32]) {
-    let mut c0 = 0;
+fn spmm_row(isa: Isa, cols: &[u32], vals: &[f32], x: &[f32], d: usize, orow: &mut [f32]) {
+    debug_assert_eq!(cols.len(), vals.len());
+    #[cfg(target_arch = "x86_64")]
+    if d >= 8 && isa == Isa::Avx2Fma {
+        assert!(
+            cols.iter().all(|&c| (c as usize + 1) * d <= x.len()) && orow.len() >= d,
+            "spmm: column id out of range"
+        );
+        // SAFETY: AVX2 is present (`Isa::Avx2Fma` is only detected or offered when it is); every gathered row lies inside
+        // `x` and the output row inside `orow` (checked just above).
+        let c0 = unsafe { avx::row(cols, vals, x, d, orow) };
+        portable_row_from(cols, vals, x, d, orow, c0);
+        return;
+    }
+    portable_row_from(cols, vals, x, d, orow, 0);
+}
+
+/// The portable row kernel from column `c0` on (`wide` vectors, then scalars).
+fn portable_row_from(cols: &[u32], vals: &[f32], x: &[f32], d: usize, orow: &mut [f32], c0: usize) {
+    let mut c0 = c0;
     // 64-wide column chunks held in 8 vector accumulators
     while c0 + 64 <= d {
         let mut acc = [f32x8::ZERO; 8];
@@ -147,6 +180,62 @@ fn spmm_row(cols: &[u32], vals: &[f32], x: &[f32], d: usize, orow: &mut [f32]) {
             s += v * x[c as usize * d + j];
         }
         orow[j] = s;
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx {
+    use std::arch::x86_64::*;
+
+    /// Entries ahead whose gathered rows are prefetched.
+    const PREFETCH: usize = 6;
+
+    /// Columns `[0, c)` of one output row in 64- and 8-wide chunks; returns `c`, where the
+    /// portable kernel takes over. Each term is `acc + v * x` with a separate multiply and add,
+    /// as in the portable path.
+    ///
+    /// # Safety
+    /// The CPU has AVX2; `cols.len() == vals.len()`; every `(cols[p] + 1) * d <= x.len()`;
+    /// `orow.len() >= d`.
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn row(cols: &[u32], vals: &[f32], x: &[f32], d: usize, orow: &mut [f32]) -> usize {
+        let n = cols.len();
+        let xp = x.as_ptr();
+        let op = orow.as_mut_ptr();
+        let mut c0 = 0;
+        while c0 + 64 <= d {
+            let mut acc = [_mm256_setzero_ps(); 8];
+            for p in 0..n {
+                if p + PREFETCH < n {
+                    let r =
+                        xp.add(*cols.get_unchecked(p + PREFETCH) as usize * d + c0) as *const i8;
+                    _mm_prefetch::<_MM_HINT_T0>(r);
+                    _mm_prefetch::<_MM_HINT_T0>(r.add(64));
+                    _mm_prefetch::<_MM_HINT_T0>(r.add(128));
+                    _mm_prefetch::<_MM_HINT_T0>(r.add(192));
+                }
+                let v = _mm256_set1_ps(*vals.get_unchecked(p));
+                let r = xp.add(*cols.get_unchecked(p) as usize * d + c0);
+                for (q, a) in acc.iter_mut().enumerate() {
+                    *a = _mm256_add_ps(_mm256_mul_ps(v, _mm256_loadu_ps(r.add(8 * q))), *a);
+                }
+            }
+            for (q, a) in acc.iter().enumerate() {
+                _mm256_storeu_ps(op.add(c0 + 8 * q), *a);
+            }
+            c0 += 64;
+        }
+        while c0 + 8 <= d {
+            let mut a = _mm256_setzero_ps();
+            for p in 0..n {
+                let v = _mm256_set1_ps(*vals.get_unchecked(p));
+                let r = xp.add(*cols.get_unchecked(p) as usize * d + c0);
+                a = _mm256_add_ps(_mm256_mul_ps(v, _mm256_loadu_ps(r)), a);
+            }
+            _mm256_storeu_ps(op.add(c0), a);
+            c0 += 8;
+        }
+        c0
     }
 }
 
