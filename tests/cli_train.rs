@@ -887,3 +887,177 @@ fn noise_experiment_runs_each_ratio() {
     ]);
     assert!(code != 0 && err.contains("--ratios"), "{err}");
 }
+
+/// The hyper-parameter sweep: one backend run, one DDRM run per value (each with the value in
+/// its config), a table, JSON and a plot; `--from` reuses a backend run; bad values and a
+/// non-backend `--from` fail with the option named.
+#[test]
+fn sweep_experiment_trains_one_ddrm_per_value() {
+    let dir = tempfile::tempdir().unwrap();
+    let ds = synth(dir.path(), "s.ddrm", "9");
+    let out = dir.path().join("sweep").to_str().unwrap().to_string();
+    let stdout = ok(&[
+        "-q",
+        "--threads",
+        "2",
+        "experiment",
+        "sweep",
+        "--param",
+        "lambda",
+        "--values",
+        "0.2,0.9",
+        "--dataset",
+        &ds,
+        "--backend-epochs",
+        "2",
+        "--ddrm-epochs",
+        "1",
+        "--out",
+        &out,
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(v["param"], "lambda");
+    let rows = v["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 2);
+    assert!(v["backend"]["recall20"].as_f64().unwrap() > 0.0);
+    for (r, want) in rows.iter().zip([0.2f64, 0.9]) {
+        assert_eq!(r["value"].as_f64().unwrap(), want);
+        assert!(r["recall20"].as_f64().unwrap() > 0.0, "{r}");
+        let cfg: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(
+                Path::new(&out)
+                    .join(format!("lambda-{want}"))
+                    .join("config.json"),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        let lambda = cfg["config"]["ddrm"]["lambda"].as_f64().unwrap();
+        assert!((lambda - want).abs() < 1e-6, "{cfg}");
+    }
+    let svg = std::fs::read_to_string(Path::new(&out).join("sweep-recall.svg")).unwrap();
+    assert_eq!(svg.matches("<polyline").count(), 2);
+    assert!(Path::new(&out).join("sweep.md").exists());
+    // reuse the backend run: same backend figures, steps set T and T' together
+    let backend = Path::new(&out)
+        .join("backend")
+        .to_str()
+        .unwrap()
+        .to_string();
+    let out2 = dir.path().join("sweep2").to_str().unwrap().to_string();
+    let stdout = ok(&[
+        "-q",
+        "experiment",
+        "sweep",
+        "--param",
+        "steps",
+        "--values",
+        "5",
+        "--from",
+        &backend,
+        "--ddrm-epochs",
+        "1",
+        "--out",
+        &out2,
+        "--json",
+    ]);
+    let w: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(w["backend"], v["backend"]);
+    assert!(!Path::new(&out2).join("backend").exists());
+    let cfg: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(Path::new(&out2).join("T-5").join("config.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(cfg["config"]["ddrm"]["steps"], 5);
+    assert_eq!(cfg["config"]["ddrm"]["inference_steps"], 5);
+    for (args, needle) in [
+        (vec!["--param", "lambda", "--values", "1.5"], "--values"),
+        (vec!["--param", "steps", "--values", "2.5"], "--values"),
+        (vec!["--param", "alpha"], "alpha"),
+        (vec!["--param", "gamma", "--from", &out], "no config.json"),
+        (
+            vec![
+                "--param",
+                "gamma",
+                "--from",
+                Path::new(&out).join("lambda-0.2").to_str().unwrap(),
+            ],
+            "backend run",
+        ),
+    ] {
+        let mut full = vec!["experiment", "sweep", "--dataset", &ds, "--out", &out2];
+        full.extend(args);
+        let (code, _, err) = ddrm(&full);
+        assert!(code != 0 && err.contains(needle), "{full:?}: {err}");
+    }
+}
+
+/// The ablation: one row per variant, each run's config showing its switch.
+#[test]
+fn ablation_experiment_switches_one_part_per_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let ds = synth(dir.path(), "s.ddrm", "9");
+    let out = dir.path().join("abl").to_str().unwrap().to_string();
+    let stdout = ok(&[
+        "-q",
+        "--threads",
+        "2",
+        "experiment",
+        "ablation",
+        "--variants",
+        "full,recon-only,reweight-only,item-only,start-only,full",
+        "--dataset",
+        &ds,
+        "--backend-epochs",
+        "2",
+        "--ddrm-epochs",
+        "1",
+        "--out",
+        &out,
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let rows = v["rows"].as_array().unwrap();
+    let names: Vec<&str> = rows
+        .iter()
+        .map(|r| r["variant"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "full",
+            "recon-only",
+            "reweight-only",
+            "item-only",
+            "start-only"
+        ]
+    );
+    let cfg = |tag: &str| -> serde_json::Value {
+        let c: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(Path::new(&out).join(tag).join("config.json")).unwrap(),
+        )
+        .unwrap();
+        c["config"]["ddrm"].clone()
+    };
+    assert_eq!(cfg("recononly")["gamma"], 0.0);
+    assert_eq!(cfg("reweightonly")["lambda"], 1.0);
+    assert_eq!(cfg("itemonly")["item_only"], true);
+    assert_eq!(cfg("full")["item_only"], false);
+    assert_eq!(cfg("startonly")["inference"], "start-only");
+    for r in rows {
+        assert!(r["recall20"].as_f64().unwrap() > 0.0, "{r}");
+    }
+    assert!(Path::new(&out).join("ablation.md").exists());
+    let (code, _, err) = ddrm(&[
+        "experiment",
+        "ablation",
+        "--variants",
+        "everything",
+        "--dataset",
+        &ds,
+        "--out",
+        &out,
+    ]);
+    assert!(code != 0 && err.contains("everything"), "{err}");
+}

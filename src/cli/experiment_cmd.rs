@@ -1,10 +1,10 @@
-//! `ddrm experiment noise`: the paper's random-noise study (Figure 3). For each noise ratio, a
-//! share of the clean dataset's train and valid interactions is replaced by random unobserved
-//! pairs (`ddrm data noise`); the backend, the backend + R-CE and the backend + DDRM are trained
+//! `ddrm experiment`: the paper's studies beyond Table 2 (`sweep` and `ablation` have files of
+//! their own). Here `noise`, the random-noise study (Figure 3): for each noise ratio, a share
+//! of the clean dataset's train and valid interactions is replaced by random unobserved pairs (`ddrm data noise`); the backend, the backend + R-CE and the backend + DDRM are trained
 //! on it as `ddrm reproduce` trains them and tested on the untouched test split.
 
+use super::experiment_common::{at20, markdown, pair, write_outputs};
 use super::reproduce::{backend_args, ddrm_stage, Baseline, Recipe};
-use super::run_dir::RunResult;
 use super::table::render;
 use super::train_cmd::run_train;
 use crate::backends::Backend;
@@ -20,6 +20,10 @@ use std::time::Instant;
 pub enum ExperimentCommand {
     /// Random noise at several ratios: backend vs + R-CE vs + DDRM (paper Figure 3).
     Noise(NoiseArgs),
+    /// One DDRM hyper-parameter over a range of values (paper Figure 6).
+    Sweep(super::experiment_sweep::SweepArgs),
+    /// DDRM with one part switched off or replaced per row (paper Figures 4 and 5).
+    Ablation(super::experiment_ablation::AblationArgs),
 }
 
 /// Options of `ddrm experiment noise`.
@@ -64,13 +68,16 @@ pub struct NoiseRow {
     pub ddrm: [f64; 2],
 }
 
-fn at20(r: &RunResult) -> [f64; 2] {
-    [r.test.recall(20), r.test.ndcg(20)]
+/// Run an experiment.
+pub fn run(cmd: &ExperimentCommand, quiet: bool) -> Result<()> {
+    match cmd {
+        ExperimentCommand::Noise(a) => run_noise(a, quiet),
+        ExperimentCommand::Sweep(a) => super::experiment_sweep::run(a, quiet),
+        ExperimentCommand::Ablation(a) => super::experiment_ablation::run(a, quiet),
+    }
 }
 
-/// Run the experiment.
-pub fn run(cmd: &ExperimentCommand, quiet: bool) -> Result<()> {
-    let ExperimentCommand::Noise(a) = cmd;
+fn run_noise(a: &NoiseArgs, quiet: bool) -> Result<()> {
     if a.ratios.is_empty() {
         bail!("--ratios is empty");
     }
@@ -139,34 +146,30 @@ pub fn run(cmd: &ExperimentCommand, quiet: bool) -> Result<()> {
         format!("{} R@20 / N@20", names[1]),
         format!("{} R@20 / N@20", names[2]),
     ];
-    let f = |v: [f64; 2]| format!("{:.4} / {:.4}", v[0], v[1]);
     let trows: Vec<Vec<String>> = rows
         .iter()
         .map(|r| {
             vec![
                 format!("{:.0}%", 100.0 * r.ratio),
-                f(r.backend),
-                f(r.rce),
-                f(r.ddrm),
+                pair(r.backend),
+                pair(r.rce),
+                pair(r.ddrm),
             ]
         })
         .collect();
     let hdr: Vec<&str> = header.iter().map(|s| s.as_str()).collect();
     let table = render(&hdr, &trows);
-    let mut md = format!(
-        "# ddrm experiment noise — {} on {} (test split, seed {})\n\n| {} |\n|{}|\n",
-        label,
-        a.dataset,
-        a.seed,
-        hdr.join(" | "),
-        hdr.iter().map(|_| "---").collect::<Vec<_>>().join("|")
-    );
-    for r in &trows {
-        md += &format!("| {} |\n", r.join(" | "));
-    }
-    md += &format!(
-        "\nTotal time: {secs:.0} s on {} threads.\n",
-        rayon::current_num_threads()
+    let md = markdown(
+        &format!(
+            "ddrm experiment noise — {} on {} (test split, seed {})",
+            label, a.dataset, a.seed
+        ),
+        &hdr,
+        &trows,
+        &format!(
+            "Total time: {secs:.0} s on {} threads.",
+            rayon::current_num_threads()
+        ),
     );
     let series = |k: usize, pick: fn(&NoiseRow) -> [f64; 2]| Series {
         name: names[k].clone(),
@@ -184,13 +187,7 @@ pub fn run(cmd: &ExperimentCommand, quiet: bool) -> Result<()> {
     );
     let json = serde_json::json!({"dataset": a.dataset, "model": label, "seed": a.seed,
         "seconds": secs, "threads": rayon::current_num_threads(), "rows": rows});
-    use crate::util::atomic::write_atomic;
-    write_atomic(
-        &a.out.join("noise.json"),
-        &serde_json::to_vec_pretty(&json)?,
-    )?;
-    write_atomic(&a.out.join("noise.md"), md.as_bytes())?;
-    write_atomic(&a.out.join("noise-recall.svg"), svg.as_bytes())?;
+    write_outputs(&a.out, "noise", &json, &md, Some(&svg))?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&json)?);
     } else {

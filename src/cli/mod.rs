@@ -5,7 +5,10 @@ pub mod cdae_cmd;
 mod data_cmd;
 pub mod ddrm_cmd;
 pub mod diffrec_cmd;
+pub mod experiment_ablation;
 pub mod experiment_cmd;
+pub mod experiment_common;
+pub mod experiment_sweep;
 pub mod multivae_cmd;
 pub mod reproduce;
 pub mod run_dir;
@@ -44,7 +47,7 @@ enum Command {
     Reproduce(reproduce::ReproduceArgs),
     /// Throughput profiling against the machine's limits and framework baselines.
     Bench(bench_cmd::BenchArgs),
-    /// The paper's experiments beyond Table 2 (random noise).
+    /// The paper's experiments beyond Table 2 (random noise, hyper-parameter sweeps, ablations).
     #[command(subcommand)]
     Experiment(experiment_cmd::ExperimentCommand),
 }

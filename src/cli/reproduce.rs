@@ -211,17 +211,34 @@ pub fn ddrm_stage(
     out: &std::path::Path,
     quiet: bool,
 ) -> Result<RunResult> {
+    ddrm_stage_with(b, recipe, from, seed, max_epochs, out, quiet, |_| {})
+}
+
+/// [`ddrm_stage`] with the recipe's options changed by `tweak` (experiments: one
+/// hyper-parameter or one ablation switch).
+#[allow(clippy::too_many_arguments)]
+pub fn ddrm_stage_with(
+    b: Backend,
+    recipe: Recipe,
+    from: &std::path::Path,
+    seed: u64,
+    max_epochs: Option<usize>,
+    out: &std::path::Path,
+    quiet: bool,
+    tweak: impl FnOnce(&mut DdrmArgs),
+) -> Result<RunResult> {
     let preset = match (recipe, b) {
         (Recipe::Paper, _) => Preset::Paper,
         (Recipe::Authors, Backend::Mf) => Preset::AuthorsMf,
         (Recipe::Authors, Backend::Lightgcn) => Preset::AuthorsLightgcn,
         (Recipe::Authors, Backend::Sgl) => Preset::AuthorsSgl,
     };
-    let dargs = DdrmArgs {
+    let mut dargs = DdrmArgs {
         from: Some(from.to_path_buf()),
         preset: Some(preset),
         ..DdrmArgs::default()
     };
+    tweak(&mut dargs);
     let cfg = ddrm_config(
         &dargs,
         None,

@@ -1,0 +1,223 @@
+//! `ddrm experiment sweep`: the paper's hyper-parameter analysis (Figure 6). One backend run,
+//! then DDRM (paper recipe) once per value of one hyper-parameter, the others at the recipe's
+//! values; test R@20 / N@20 per value beside the backend's, as a table, JSON and a plot.
+
+use super::experiment_common::{
+    at20, backend_run, ddrm_variant, gain, markdown, pair, write_outputs,
+};
+use super::table::render;
+use crate::backends::Backend;
+use crate::bench::svg::{linear, Series};
+use anyhow::{bail, Result};
+use clap::{Args, ValueEnum};
+use std::path::PathBuf;
+use std::time::Instant;
+
+/// The hyper-parameters of Figure 6.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SweepParam {
+    /// Diffusion steps T (inference steps T' set equal: n = 1).
+    Steps,
+    /// Noise scale s.
+    NoiseScale,
+    /// Loss balance λ (BPR weight; the reconstruction loss gets 1 - λ).
+    Lambda,
+    /// Reweighting exponent γ.
+    Gamma,
+}
+
+impl SweepParam {
+    fn label(self) -> &'static str {
+        match self {
+            SweepParam::Steps => "T",
+            SweepParam::NoiseScale => "s",
+            SweepParam::Lambda => "lambda",
+            SweepParam::Gamma => "gamma",
+        }
+    }
+    /// The values the paper tunes within (Section 4.1.3).
+    fn default_values(self) -> Vec<f64> {
+        match self {
+            SweepParam::Steps => vec![10.0, 20.0, 40.0, 60.0],
+            SweepParam::NoiseScale => vec![1e-4, 1e-3, 1e-2, 1e-1],
+            SweepParam::Lambda => vec![0.1, 0.2, 0.4, 0.6, 0.8],
+            SweepParam::Gamma => vec![0.0, 0.1, 0.3, 0.6, 0.9],
+        }
+    }
+    fn check(self, v: f64) -> Result<()> {
+        let ok = match self {
+            SweepParam::Steps => v >= 1.0 && v.fract() == 0.0 && v <= 10_000.0,
+            SweepParam::NoiseScale => v > 0.0 && v.is_finite(),
+            SweepParam::Lambda => (0.0..=1.0).contains(&v),
+            SweepParam::Gamma => v >= 0.0 && v.is_finite(),
+        };
+        if !ok {
+            bail!(
+                "--values: {v} is not a valid {} ({})",
+                self.label(),
+                match self {
+                    SweepParam::Steps => "a whole number of steps, 1 to 10000",
+                    SweepParam::NoiseScale => "a positive number",
+                    SweepParam::Lambda => "in [0, 1]",
+                    SweepParam::Gamma => "a finite number >= 0",
+                }
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Options of `ddrm experiment sweep`.
+#[derive(Args, Debug)]
+pub struct SweepArgs {
+    /// Hyper-parameter to vary.
+    #[arg(long, value_enum)]
+    pub param: SweepParam,
+    /// Its values (default: the paper's tuning range for it).
+    #[arg(long, value_delimiter = ',')]
+    pub values: Option<Vec<f64>>,
+    /// Dataset.
+    #[arg(long, default_value = "ml1m-noisy")]
+    pub dataset: String,
+    /// Backend.
+    #[arg(long, value_enum, default_value_t = Backend::Mf)]
+    pub model: Backend,
+    /// Start from this trained backend run instead of training one.
+    #[arg(long = "from")]
+    pub from: Option<PathBuf>,
+    /// Seed.
+    #[arg(long, default_value_t = 2020)]
+    pub seed: u64,
+    /// Output directory (the backend run, one DDRM run per value, table and plot).
+    #[arg(long, default_value = "runs/sweep")]
+    pub out: PathBuf,
+    /// Override the backend's maximum epochs.
+    #[arg(long)]
+    pub backend_epochs: Option<usize>,
+    /// Override DDRM's maximum epochs.
+    #[arg(long)]
+    pub ddrm_epochs: Option<usize>,
+    /// Print the results as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Run the sweep.
+pub fn run(a: &SweepArgs, quiet: bool) -> Result<()> {
+    let p = a.param;
+    let values = a.values.clone().unwrap_or_else(|| p.default_values());
+    if values.is_empty() {
+        bail!("--values is empty");
+    }
+    for &v in &values {
+        p.check(v)?;
+    }
+    crate::data::open(&a.dataset)?;
+    std::fs::create_dir_all(&a.out)?;
+    let t0 = Instant::now();
+    let label = a.model.label();
+    let (bdir, b) = backend_run(
+        a.model,
+        &a.dataset,
+        a.seed,
+        a.backend_epochs,
+        a.from.as_deref(),
+        &a.out,
+        quiet,
+    )?;
+    let base = at20(&b);
+    let mut results = Vec::new();
+    for &v in &values {
+        if !quiet {
+            eprintln!("== {label}+DDRM with {} = {v} ==", p.label());
+        }
+        let r = ddrm_variant(
+            a.model,
+            &bdir,
+            a.seed,
+            a.ddrm_epochs,
+            &a.out.join(format!("{}-{v}", p.label())),
+            quiet,
+            |d| match p {
+                SweepParam::Steps => {
+                    d.steps = Some(v as usize);
+                    d.inference_steps = Some(v as usize);
+                }
+                SweepParam::NoiseScale => d.noise_scale = Some(v),
+                SweepParam::Lambda => d.lambda = Some(v as f32),
+                SweepParam::Gamma => d.gamma = Some(v as f32),
+            },
+        )?;
+        results.push((v, at20(&r), r.best_epoch));
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    let header = [p.label(), "R@20 / N@20", "R@20 vs backend", "best epoch"];
+    let mut rows = vec![vec![
+        format!("{label} (no DDRM)"),
+        pair(base),
+        "-".into(),
+        b.best_epoch.to_string(),
+    ]];
+    for &(v, m, e) in &results {
+        rows.push(vec![format!("{v}"), pair(m), gain(m, base), e.to_string()]);
+    }
+    let title = format!(
+        "ddrm experiment sweep — {label}+DDRM over {} on {} (test split, seed {})",
+        p.label(),
+        a.dataset,
+        a.seed
+    );
+    let md = markdown(
+        &title,
+        &header,
+        &rows,
+        &format!(
+            "Total time: {secs:.0} s on {} threads.",
+            rayon::current_num_threads()
+        ),
+    );
+    let x = |v: f64| {
+        if p == SweepParam::NoiseScale {
+            v.log10()
+        } else {
+            v
+        }
+    };
+    let svg = linear(
+        &format!("Recall@20 vs {} ({} test)", p.label(), a.dataset),
+        if p == SweepParam::NoiseScale {
+            "log10 s"
+        } else {
+            p.label()
+        },
+        "Recall@20",
+        &[
+            Series {
+                name: format!("{label}+DDRM"),
+                points: results.iter().map(|r| (x(r.0), r.1[0])).collect(),
+            },
+            Series {
+                name: label.to_string(),
+                points: results.iter().map(|r| (x(r.0), base[0])).collect(),
+            },
+        ],
+    );
+    let json = serde_json::json!({"dataset": a.dataset, "model": label, "seed": a.seed,
+        "param": p, "seconds": secs, "threads": rayon::current_num_threads(),
+        "backend": {"recall20": base[0], "ndcg20": base[1], "best_epoch": b.best_epoch},
+        "rows": results.iter().map(|(v, m, e)| serde_json::json!({
+            "value": v, "recall20": m[0], "ndcg20": m[1], "best_epoch": e})).collect::<Vec<_>>()});
+    write_outputs(&a.out, "sweep", &json, &md, Some(&svg))?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&json)?);
+    } else {
+        println!("{title}");
+        print!("{}", render(&header, &rows));
+        println!(
+            "total {secs:.0} s; written to {} (sweep.md, sweep.json, sweep-recall.svg)",
+            a.out.display()
+        );
+    }
+    Ok(())
+}
