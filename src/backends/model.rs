@@ -6,7 +6,7 @@ use super::graph::Graph;
 use crate::data::Dataset;
 use crate::denoising::Objective;
 use crate::kernels::cpu::elementwise::{axpy, gather_rows, row_dots, scale};
-use crate::kernels::cpu::spmm::{spmm, spmm_subset};
+use crate::kernels::cpu::spmm::{spmm_ex, SpmmEpilogue};
 use crate::nn::loss;
 use crate::nn::{Adam, AdamConfig};
 use crate::util::rng::Rng;
@@ -87,6 +87,7 @@ pub struct Model {
     // reusable buffers
     fin: Vec<f32>,
     grad: Vec<f32>,
+    dego: Vec<f32>, // graph backends: gradient w.r.t. the ego embeddings (scratch)
     layer_bufs: Vec<Vec<f32>>,
     slot: Vec<u32>, // MF: node -> row in the compact gradient (u32::MAX when untouched)
     step: u64,      // optimizer steps taken (the T-CE drop schedule)
@@ -139,6 +140,7 @@ impl Model {
             adam,
             fin: vec![0.0; n],
             grad: vec![0.0; n],
+            dego: vec![],
             layer_bufs: vec![],
             slot: vec![],
             step: 0,
@@ -211,18 +213,26 @@ impl Model {
         }
         let (b0, b1) = bufs.split_at_mut(1);
         let (mut cur, mut nxt) = (&mut b0[0], &mut b1[0]);
-        cur.copy_from_slice(src);
+        let mean = 1.0 / (layers + 1) as f32;
         for l in 0..layers {
             let g = graphs[l.min(graphs.len() - 1)];
-            if l + 1 == layers && rows.is_some() {
-                spmm_subset(&g.adj, cur, d, nxt, rows, None);
-            } else {
-                spmm(&g.adj, cur, d, nxt);
-            }
-            axpy(1.0, nxt, out);
+            let last = l + 1 == layers;
+            // layer l+1 = Â · layer l, added to the running sum (the mean on the last layer)
+            let input: &[f32] = if l == 0 { src } else { cur };
+            spmm_ex(
+                &g.adj,
+                input,
+                d,
+                nxt,
+                if last { rows } else { None },
+                None,
+                SpmmEpilogue::Accumulate {
+                    acc: out,
+                    scale: if last { mean } else { 1.0 },
+                },
+            );
             std::mem::swap(&mut cur, &mut nxt);
         }
-        scale(1.0 / (layers + 1) as f32, out);
     }
 
     /// Backward of [`Self::propagate`]: `out = (1/(K+1)) Σ_k Â_1ᵀ…Â_kᵀ g`, evaluated by
@@ -249,23 +259,37 @@ impl Model {
         bufs: &mut Vec<Vec<f32>>,
         nonzero: Option<&[bool]>,
     ) {
-        out.copy_from_slice(g);
         if layers == 0 {
+            out.copy_from_slice(g);
             return;
         }
         bufs.resize_with(2, Vec::new);
-        bufs[0].resize(g.len(), 0.0);
+        for b in bufs.iter_mut() {
+            b.resize(g.len(), 0.0);
+        }
+        let (b0, b1) = bufs.split_at_mut(1);
+        let (mut cur, mut nxt) = (&mut b0[0], &mut b1[0]);
+        let mean = 1.0 / (layers + 1) as f32;
         for l in (0..layers).rev() {
             let gr = graphs[l.min(graphs.len() - 1)];
-            if l + 1 == layers && nonzero.is_some() {
-                spmm_subset(&gr.adj, out, d, &mut bufs[0], None, nonzero);
-            } else {
-                spmm(&gr.adj, out, d, &mut bufs[0]);
-            }
-            out.copy_from_slice(g);
-            axpy(1.0, &bufs[0], out);
+            let first = l + 1 == layers;
+            // h = g + Â·h, the first h being g itself; the last step writes the mean into out
+            let input: &[f32] = if first { g } else { cur };
+            let target: &mut [f32] = if l == 0 { out } else { nxt };
+            spmm_ex(
+                &gr.adj,
+                input,
+                d,
+                target,
+                None,
+                if first { nonzero } else { None },
+                SpmmEpilogue::AddBase {
+                    base: g,
+                    scale: if l == 0 { mean } else { 1.0 },
+                },
+            );
+            std::mem::swap(&mut cur, &mut nxt);
         }
-        scale(1.0 / (layers + 1) as f32, out);
     }
 
     /// Final (propagated) embeddings `(U + I) x d` of the main graph.
@@ -339,8 +363,10 @@ impl Model {
             self.fin = fin;
             return self.mf_sparse_step(users, &pos_n, &neg_n, &eu, &ei, &ej, &dp, &dn, bpr);
         }
+        // `grad` is all zeros between batches: only the batch's rows are written, and they
+        // are cleared again at the end of the step
         let mut g = std::mem::take(&mut self.grad);
-        g.iter_mut().for_each(|v| *v = 0.0);
+        debug_assert!(g.len() == self.ego.len());
         for k in 0..b {
             let (u, i, j) = (users[k] as usize, pos_n[k] as usize, neg_n[k] as usize);
             for t in 0..d {
@@ -354,7 +380,9 @@ impl Model {
             ssl = self.ssl_step(users, &pos_n, &mut fin);
         }
         // back through the main propagation: dE0 = (1/(K+1)) Σ_k Â^k G
-        let mut dego = vec![0f32; self.ego.len()];
+        // overwritten whole by the backward propagation (or the copy)
+        let mut dego = std::mem::take(&mut self.dego);
+        dego.resize(self.ego.len(), 0.0);
         match &self.graph {
             None => dego.copy_from_slice(&g),
             Some(gr) => Self::propagate_back_from(
@@ -384,8 +412,12 @@ impl Model {
         }
         self.adam.begin_step();
         self.adam.update(0, &mut self.ego, &dego);
+        for &node in users.iter().chain(&pos_n).chain(&neg_n) {
+            g[node as usize * d..(node as usize + 1) * d].fill(0.0);
+        }
         self.fin = fin;
         self.grad = g;
+        self.dego = dego;
         BatchLoss {
             bpr,
             reg: reg * self.cfg.reg as f64 / b as f64,

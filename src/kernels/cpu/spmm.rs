@@ -77,20 +77,70 @@ pub fn spmm_subset(
     rows: Option<&[bool]>,
     cols: Option<&[bool]>,
 ) {
-    assert_eq!(x.len(), a.n_cols * d, "spmm_subset: x must be n_cols x d");
-    assert_eq!(
-        out.len(),
-        a.n_rows * d,
-        "spmm_subset: out must be n_rows x d"
-    );
+    spmm_ex(a, x, d, out, rows, cols, SpmmEpilogue::Store)
+}
+
+/// What a fused SpMM does with each computed row `y = (A·x)[r]` while it is in registers and
+/// cache. Every form is the same arithmetic, bit for bit, as the separate passes it replaces
+/// (`axpy(1, y, acc)` then `scale`; `copy(base)`, `axpy(1, y, ·)` then `scale`).
+pub enum SpmmEpilogue<'a> {
+    /// `out[r] = y`.
+    Store,
+    /// `out[r] = y` and `acc[r] = (acc[r] + y) * scale`: the running layer sum of a
+    /// propagation (`scale` 1, or 1/(K+1) on the last layer to give the mean).
+    Accumulate {
+        /// The running sum (`n_rows x d`).
+        acc: &'a mut [f32],
+        /// Factor applied after the sum.
+        scale: f32,
+    },
+    /// `out[r] = (base[r] + y) * scale`: a Horner step `h = g + A·h` of the backward.
+    AddBase {
+        /// The term added (`n_rows x d`).
+        base: &'a [f32],
+        /// Factor applied after the sum.
+        scale: f32,
+    },
+}
+
+/// [`spmm_subset`] with a fused epilogue (rows skipped by `rows` are not touched in `out` nor
+/// in the epilogue's matrix).
+pub fn spmm_ex(
+    a: &SparseMatrix,
+    x: &[f32],
+    d: usize,
+    out: &mut [f32],
+    rows: Option<&[bool]>,
+    cols: Option<&[bool]>,
+    epi: SpmmEpilogue,
+) {
+    assert_eq!(x.len(), a.n_cols * d, "spmm: x must be n_cols x d");
+    assert_eq!(out.len(), a.n_rows * d, "spmm: out must be n_rows x d");
     assert!(
         rows.is_none_or(|m| m.len() == a.n_rows),
-        "spmm_subset: row mask length"
+        "spmm: row mask length"
     );
     assert!(
         cols.is_none_or(|m| m.len() == a.n_cols),
-        "spmm_subset: column mask length"
+        "spmm: column mask length"
     );
+    // the accumulator is shared by the row tasks as a raw pointer: each task touches only the
+    // rows it computes, so the accesses are disjoint
+    let (acc, base, scale) = match epi {
+        SpmmEpilogue::Store => (None, None, 1.0),
+        SpmmEpilogue::Accumulate { acc, scale } => {
+            assert_eq!(
+                acc.len(),
+                a.n_rows * d,
+                "spmm: accumulator must be n_rows x d"
+            );
+            (Some(SendPtr(acc.as_mut_ptr())), None, scale)
+        }
+        SpmmEpilogue::AddBase { base, scale } => {
+            assert_eq!(base.len(), a.n_rows * d, "spmm: base must be n_rows x d");
+            (None, Some(base), scale)
+        }
+    };
     if d == 0 {
         return;
     }
@@ -121,9 +171,32 @@ pub fn spmm_subset(
                         spmm_row(isa, &fc, &fv, x, d, orow);
                     }
                 }
+                if let Some(acc) = &acc {
+                    // SAFETY: row r of the accumulator (checked to be n_rows x d) is touched
+                    // only by the task that owns row r of `out`.
+                    let ar = unsafe { std::slice::from_raw_parts_mut(acc.0.add(r * d), d) };
+                    for (a, &y) in ar.iter_mut().zip(orow.iter()) {
+                        *a += y;
+                    }
+                    if scale != 1.0 {
+                        ar.iter_mut().for_each(|a| *a *= scale);
+                    }
+                } else if let Some(base) = base {
+                    for (o, &b) in orow.iter_mut().zip(&base[r * d..(r + 1) * d]) {
+                        *o += b;
+                    }
+                    if scale != 1.0 {
+                        orow.iter_mut().for_each(|o| *o *= scale);
+                    }
+                }
             }
         });
 }
+
+struct SendPtr(*mut f32);
+// SAFETY: used only for row-disjoint writes from the row tasks of one call (see spmm_ex).
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
 
 /// One output row. The AVX path and the portable path perform the same operations in the same
 /// order (a product, then a sum: not fused), so their results are identical bit for bit.
