@@ -220,41 +220,38 @@ pub fn gemm_ex(
                         unsafe {
                             let cp = cptr.get().add(ip * MR * n + col);
                             #[cfg(target_arch = "x86_64")]
-                            if direct_a && rows == MR && cols == NR {
+                            if direct_a && rows == MR {
                                 let (off, rs, cs) = if ta {
                                     (pc * m + ip * MR, 1, m)
                                 } else {
                                     (ip * MR * k + pc, k, 1)
                                 };
-                                avx2::kernel_to_c(
-                                    kc,
-                                    a.as_ptr().add(off),
-                                    rs,
-                                    cs,
-                                    b_panel.as_ptr(),
-                                    cp,
-                                    n,
-                                    alpha,
-                                    beta_eff,
-                                );
-                                continue;
-                            }
-                            if direct_a && rows == MR {
-                                // partial columns: through a locally packed panel
-                                let mut tmp = [0f32; MR * KC];
-                                pack_a(a, ta, m, k, ip * MR, pc, kc, &mut tmp[..MR * kc]);
-                                micro_kernel(
-                                    isa,
-                                    kc,
-                                    &tmp[..MR * kc],
-                                    b_panel,
-                                    cp,
-                                    n,
-                                    rows,
-                                    cols,
-                                    alpha,
-                                    beta_eff,
-                                );
+                                if cols == NR {
+                                    avx2::kernel_to_c(
+                                        kc,
+                                        a.as_ptr().add(off),
+                                        rs,
+                                        cs,
+                                        b_panel.as_ptr(),
+                                        cp,
+                                        n,
+                                        alpha,
+                                        beta_eff,
+                                    );
+                                } else {
+                                    // partial columns: A still read in place, the tile kept
+                                    // in registers, only the valid columns written
+                                    let mut tile = [0f32; MR * NR];
+                                    avx2::kernel_strided(
+                                        kc,
+                                        a.as_ptr().add(off),
+                                        rs,
+                                        cs,
+                                        b_panel.as_ptr(),
+                                        &mut tile,
+                                    );
+                                    write_tile(&tile, cp, n, rows, cols, alpha, beta_eff);
+                                }
                                 continue;
                             }
                             micro_kernel(
@@ -391,6 +388,23 @@ pub unsafe fn micro_kernel(
         Isa::Avx2Fma => avx2::kernel(kc, a.as_ptr(), b.as_ptr(), &mut tile),
         _ => portable_kernel(kc, a, b, &mut tile),
     }
+    write_tile(&tile, c, ldc, rows, cols, alpha, beta);
+}
+
+/// `C[rows x cols] = alpha * tile + beta * C` (C not read when beta == 0).
+///
+/// # Safety
+/// `c` must be valid for `rows` rows of `cols` elements with row stride `ldc`.
+#[inline]
+unsafe fn write_tile(
+    tile: &[f32; MR * NR],
+    c: *mut f32,
+    ldc: usize,
+    rows: usize,
+    cols: usize,
+    alpha: f32,
+    beta: f32,
+) {
     for i in 0..rows {
         let cr = c.add(i * ldc);
         let t = &tile[i * NR..i * NR + cols];
