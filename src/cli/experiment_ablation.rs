@@ -5,10 +5,9 @@
 
 use super::ddrm_cmd::DdrmArgs;
 use super::experiment_common::{
-    at20, backend_run, ddrm_variant, gain, markdown, pair, write_outputs,
+    at20, backend_row, gain, markdown, pair, write_outputs, DdrmExperimentArgs,
 };
 use super::table::render;
-use crate::backends::Backend;
 use crate::diffusion::ddrm::{Arch, Inference};
 use anyhow::{bail, Result};
 use clap::{Args, ValueEnum};
@@ -74,30 +73,12 @@ pub struct AblationArgs {
         default_value = "full,recon-only,reweight-only,item-only,noise-start,start-only"
     )]
     pub variants: Vec<Variant>,
-    /// Dataset.
-    #[arg(long, default_value = "ml1m-noisy")]
-    pub dataset: String,
-    /// Backend.
-    #[arg(long, value_enum, default_value_t = Backend::Mf)]
-    pub model: Backend,
-    /// Start from this trained backend run instead of training one.
-    #[arg(long = "from")]
-    pub from: Option<PathBuf>,
-    /// Seed.
-    #[arg(long, default_value_t = 2020)]
-    pub seed: u64,
     /// Output directory (the backend run, one DDRM run per variant, the table).
     #[arg(long, default_value = "runs/ablation")]
     pub out: PathBuf,
-    /// Override the backend's maximum epochs.
-    #[arg(long)]
-    pub backend_epochs: Option<usize>,
-    /// Override DDRM's maximum epochs.
-    #[arg(long)]
-    pub ddrm_epochs: Option<usize>,
-    /// Print the results as JSON.
-    #[arg(long)]
-    pub json: bool,
+    /// Options shared with the other DDRM experiments.
+    #[command(flatten)]
+    pub common: DdrmExperimentArgs,
 }
 
 /// Run the ablation.
@@ -111,19 +92,10 @@ pub fn run(a: &AblationArgs, quiet: bool) -> Result<()> {
             variants.push(v);
         }
     }
-    crate::data::open(&a.dataset)?;
-    std::fs::create_dir_all(&a.out)?;
     let t0 = Instant::now();
-    let label = a.model.label();
-    let (bdir, b) = backend_run(
-        a.model,
-        &a.dataset,
-        a.seed,
-        a.backend_epochs,
-        a.from.as_deref(),
-        &a.out,
-        quiet,
-    )?;
+    let c = &a.common;
+    let label = c.model.label();
+    let (bdir, b) = c.start(&a.out, quiet)?;
     let base = at20(&b);
     let mut results = Vec::new();
     for &v in &variants {
@@ -131,30 +103,13 @@ pub fn run(a: &AblationArgs, quiet: bool) -> Result<()> {
             eprintln!("== {label}+DDRM: {} ==", v.describe());
         }
         // the start point does not depend on the denoiser: one epoch selects nothing
-        let epochs = if v == Variant::StartOnly {
-            Some(1)
-        } else {
-            a.ddrm_epochs
-        };
-        let r = ddrm_variant(
-            a.model,
-            &bdir,
-            a.seed,
-            epochs,
-            &a.out.join(v.tag()),
-            quiet,
-            |d| v.apply(d),
-        )?;
+        let epochs = (v == Variant::StartOnly).then_some(1);
+        let r = c.variant(&bdir, epochs, &a.out.join(v.tag()), quiet, |d| v.apply(d))?;
         results.push((v, at20(&r), r.best_epoch));
     }
     let secs = t0.elapsed().as_secs_f64();
     let header = ["variant", "R@20 / N@20", "R@20 vs backend", "best epoch"];
-    let mut rows = vec![vec![
-        format!("{label} (no DDRM)"),
-        pair(base),
-        "-".into(),
-        b.best_epoch.to_string(),
-    ]];
+    let mut rows = vec![backend_row(label, &b)];
     for &(v, m, e) in &results {
         rows.push(vec![
             v.describe().to_string(),
@@ -165,7 +120,7 @@ pub fn run(a: &AblationArgs, quiet: bool) -> Result<()> {
     }
     let title = format!(
         "ddrm experiment ablation — {label}+DDRM on {} (test split, seed {})",
-        a.dataset, a.seed
+        c.dataset, c.seed
     );
     let md = markdown(
         &title,
@@ -176,13 +131,13 @@ pub fn run(a: &AblationArgs, quiet: bool) -> Result<()> {
             rayon::current_num_threads()
         ),
     );
-    let json = serde_json::json!({"dataset": a.dataset, "model": label, "seed": a.seed,
+    let json = serde_json::json!({"dataset": c.dataset, "model": label, "seed": c.seed,
         "seconds": secs, "threads": rayon::current_num_threads(),
         "backend": {"recall20": base[0], "ndcg20": base[1], "best_epoch": b.best_epoch},
         "rows": results.iter().map(|(v, m, e)| serde_json::json!({
             "variant": v, "recall20": m[0], "ndcg20": m[1], "best_epoch": e})).collect::<Vec<_>>()});
     write_outputs(&a.out, "ablation", &json, &md, None)?;
-    if a.json {
+    if c.json {
         println!("{}", serde_json::to_string_pretty(&json)?);
     } else {
         println!("{title}");

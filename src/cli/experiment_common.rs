@@ -10,6 +10,80 @@ use crate::util::atomic::write_atomic;
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 
+/// Options shared by `sweep` and `ablation` (flattened into each command's options).
+#[derive(clap::Args, Debug)]
+pub struct DdrmExperimentArgs {
+    /// Dataset.
+    #[arg(long, default_value = "ml1m-noisy")]
+    pub dataset: String,
+    /// Backend.
+    #[arg(long, value_enum, default_value_t = Backend::Mf)]
+    pub model: Backend,
+    /// Start from this trained backend run instead of training one.
+    #[arg(long = "from")]
+    pub from: Option<PathBuf>,
+    /// Seed.
+    #[arg(long, default_value_t = 2020)]
+    pub seed: u64,
+    /// Override the backend's maximum epochs.
+    #[arg(long)]
+    pub backend_epochs: Option<usize>,
+    /// Override DDRM's maximum epochs.
+    #[arg(long)]
+    pub ddrm_epochs: Option<usize>,
+    /// Print the results as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl DdrmExperimentArgs {
+    /// Check the dataset, create `out`, and get the backend run (trained, or `--from`).
+    pub fn start(&self, out: &Path, quiet: bool) -> Result<(PathBuf, RunResult)> {
+        crate::data::open(&self.dataset)?;
+        std::fs::create_dir_all(out)?;
+        backend_run(
+            self.model,
+            &self.dataset,
+            self.seed,
+            self.backend_epochs,
+            self.from.as_deref(),
+            out,
+            quiet,
+        )
+    }
+
+    /// Train DDRM (the paper recipe with `tweak` applied) from `from` into `out` (`epochs` overrides `--ddrm-epochs`).
+    pub fn variant(
+        &self,
+        from: &Path,
+        epochs: Option<usize>,
+        out: &Path,
+        quiet: bool,
+        tweak: impl FnOnce(&mut DdrmArgs),
+    ) -> Result<RunResult> {
+        ddrm_stage_with(
+            self.model,
+            Recipe::Paper,
+            from,
+            self.seed,
+            epochs.or(self.ddrm_epochs),
+            out,
+            quiet,
+            tweak,
+        )
+    }
+}
+
+/// The table's first row: the backend without DDRM.
+pub fn backend_row(label: &str, b: &RunResult) -> Vec<String> {
+    vec![
+        format!("{label} (no DDRM)"),
+        pair(at20(b)),
+        "-".into(),
+        b.best_epoch.to_string(),
+    ]
+}
+
 /// (R@20, N@20) on test.
 pub fn at20(r: &RunResult) -> [f64; 2] {
     [r.test.recall(20), r.test.ndcg(20)]
@@ -51,19 +125,6 @@ pub fn backend_run(
         quiet,
     )?;
     Ok((bdir, r))
-}
-
-/// Train DDRM (the paper recipe with `tweak` applied) from `from` into `out`.
-pub fn ddrm_variant(
-    model: Backend,
-    from: &Path,
-    seed: u64,
-    epochs: Option<usize>,
-    out: &Path,
-    quiet: bool,
-    tweak: impl FnOnce(&mut DdrmArgs),
-) -> Result<RunResult> {
-    ddrm_stage_with(model, Recipe::Paper, from, seed, epochs, out, quiet, tweak)
 }
 
 /// Markdown table.

@@ -3,10 +3,9 @@
 //! values; test R@20 / N@20 per value beside the backend's, as a table, JSON and a plot.
 
 use super::experiment_common::{
-    at20, backend_run, ddrm_variant, gain, markdown, pair, write_outputs,
+    at20, backend_row, gain, markdown, pair, write_outputs, DdrmExperimentArgs,
 };
 use super::table::render;
-use crate::backends::Backend;
 use crate::bench::svg::{linear, Series};
 use anyhow::{bail, Result};
 use clap::{Args, ValueEnum};
@@ -77,30 +76,12 @@ pub struct SweepArgs {
     /// Its values (default: the paper's tuning range for it).
     #[arg(long, value_delimiter = ',')]
     pub values: Option<Vec<f64>>,
-    /// Dataset.
-    #[arg(long, default_value = "ml1m-noisy")]
-    pub dataset: String,
-    /// Backend.
-    #[arg(long, value_enum, default_value_t = Backend::Mf)]
-    pub model: Backend,
-    /// Start from this trained backend run instead of training one.
-    #[arg(long = "from")]
-    pub from: Option<PathBuf>,
-    /// Seed.
-    #[arg(long, default_value_t = 2020)]
-    pub seed: u64,
     /// Output directory (the backend run, one DDRM run per value, table and plot).
     #[arg(long, default_value = "runs/sweep")]
     pub out: PathBuf,
-    /// Override the backend's maximum epochs.
-    #[arg(long)]
-    pub backend_epochs: Option<usize>,
-    /// Override DDRM's maximum epochs.
-    #[arg(long)]
-    pub ddrm_epochs: Option<usize>,
-    /// Print the results as JSON.
-    #[arg(long)]
-    pub json: bool,
+    /// Options shared with the other DDRM experiments.
+    #[command(flatten)]
+    pub common: DdrmExperimentArgs,
 }
 
 /// Run the sweep.
@@ -113,30 +94,19 @@ pub fn run(a: &SweepArgs, quiet: bool) -> Result<()> {
     for &v in &values {
         p.check(v)?;
     }
-    crate::data::open(&a.dataset)?;
-    std::fs::create_dir_all(&a.out)?;
     let t0 = Instant::now();
-    let label = a.model.label();
-    let (bdir, b) = backend_run(
-        a.model,
-        &a.dataset,
-        a.seed,
-        a.backend_epochs,
-        a.from.as_deref(),
-        &a.out,
-        quiet,
-    )?;
+    let c = &a.common;
+    let label = c.model.label();
+    let (bdir, b) = c.start(&a.out, quiet)?;
     let base = at20(&b);
     let mut results = Vec::new();
     for &v in &values {
         if !quiet {
             eprintln!("== {label}+DDRM with {} = {v} ==", p.label());
         }
-        let r = ddrm_variant(
-            a.model,
+        let r = c.variant(
             &bdir,
-            a.seed,
-            a.ddrm_epochs,
+            None,
             &a.out.join(format!("{}-{v}", p.label())),
             quiet,
             |d| match p {
@@ -153,20 +123,15 @@ pub fn run(a: &SweepArgs, quiet: bool) -> Result<()> {
     }
     let secs = t0.elapsed().as_secs_f64();
     let header = [p.label(), "R@20 / N@20", "R@20 vs backend", "best epoch"];
-    let mut rows = vec![vec![
-        format!("{label} (no DDRM)"),
-        pair(base),
-        "-".into(),
-        b.best_epoch.to_string(),
-    ]];
+    let mut rows = vec![backend_row(label, &b)];
     for &(v, m, e) in &results {
         rows.push(vec![format!("{v}"), pair(m), gain(m, base), e.to_string()]);
     }
     let title = format!(
         "ddrm experiment sweep — {label}+DDRM over {} on {} (test split, seed {})",
         p.label(),
-        a.dataset,
-        a.seed
+        c.dataset,
+        c.seed
     );
     let md = markdown(
         &title,
@@ -185,7 +150,7 @@ pub fn run(a: &SweepArgs, quiet: bool) -> Result<()> {
         }
     };
     let svg = linear(
-        &format!("Recall@20 vs {} ({} test)", p.label(), a.dataset),
+        &format!("Recall@20 vs {} ({} test)", p.label(), c.dataset),
         if p == SweepParam::NoiseScale {
             "log10 s"
         } else {
@@ -203,13 +168,13 @@ pub fn run(a: &SweepArgs, quiet: bool) -> Result<()> {
             },
         ],
     );
-    let json = serde_json::json!({"dataset": a.dataset, "model": label, "seed": a.seed,
+    let json = serde_json::json!({"dataset": c.dataset, "model": label, "seed": c.seed,
         "param": p, "seconds": secs, "threads": rayon::current_num_threads(),
         "backend": {"recall20": base[0], "ndcg20": base[1], "best_epoch": b.best_epoch},
         "rows": results.iter().map(|(v, m, e)| serde_json::json!({
             "value": v, "recall20": m[0], "ndcg20": m[1], "best_epoch": e})).collect::<Vec<_>>()});
     write_outputs(&a.out, "sweep", &json, &md, Some(&svg))?;
-    if a.json {
+    if c.json {
         println!("{}", serde_json::to_string_pretty(&json)?);
     } else {
         println!("{title}");

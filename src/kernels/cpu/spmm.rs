@@ -41,26 +41,7 @@ pub fn spmm(a: &SparseMatrix, x: &[f32], d: usize, out: &mut [f32]) {
 
 /// [`spmm`] with a given instruction set (every set gives the same bits; tests compare them).
 pub fn spmm_with(isa: Isa, a: &SparseMatrix, x: &[f32], d: usize, out: &mut [f32]) {
-    assert!(
-        Isa::available().contains(&isa),
-        "spmm: instruction set {} is not available on this CPU",
-        isa.name()
-    );
-    assert_eq!(x.len(), a.n_cols * d, "spmm: x must be n_cols x d");
-    assert_eq!(out.len(), a.n_rows * d, "spmm: out must be n_rows x d");
-    if d == 0 {
-        return;
-    }
-    out.par_chunks_mut(d * ROWS_PER_TASK)
-        .enumerate()
-        .for_each(|(blk, ob)| {
-            let r0 = blk * ROWS_PER_TASK;
-            for (rr, orow) in ob.chunks_exact_mut(d).enumerate() {
-                let r = r0 + rr;
-                let (s, e) = (a.indptr[r] as usize, a.indptr[r + 1] as usize);
-                spmm_row(isa, &a.indices[s..e], &a.values[s..e], x, d, orow);
-            }
-        });
+    spmm_ex_with(isa, a, x, d, out, None, None, SpmmEpilogue::Store)
 }
 
 /// [`spmm`] on a subset: with `rows`, only the rows `r` with `rows[r]` are computed (the other
@@ -114,6 +95,25 @@ pub fn spmm_ex(
     cols: Option<&[bool]>,
     epi: SpmmEpilogue,
 ) {
+    spmm_ex_with(Isa::detect(), a, x, d, out, rows, cols, epi)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn spmm_ex_with(
+    isa: Isa,
+    a: &SparseMatrix,
+    x: &[f32],
+    d: usize,
+    out: &mut [f32],
+    rows: Option<&[bool]>,
+    cols: Option<&[bool]>,
+    epi: SpmmEpilogue,
+) {
+    assert!(
+        Isa::available().contains(&isa),
+        "spmm: instruction set {} is not available on this CPU",
+        isa.name()
+    );
     assert_eq!(x.len(), a.n_cols * d, "spmm: x must be n_cols x d");
     assert_eq!(out.len(), a.n_rows * d, "spmm: out must be n_rows x d");
     assert!(
@@ -144,7 +144,6 @@ pub fn spmm_ex(
     if d == 0 {
         return;
     }
-    let isa = Isa::detect();
     out.par_chunks_mut(d * ROWS_PER_TASK)
         .enumerate()
         .for_each(|(blk, ob)| {
