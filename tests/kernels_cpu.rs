@@ -3,7 +3,7 @@
 
 use ddrm::data::{Csr, DuplicatePolicy};
 use ddrm::kernels::cpu::elementwise as ew;
-use ddrm::kernels::cpu::gemm::{gemm_ex, gemm_reference, Act, Epilogue};
+use ddrm::kernels::cpu::gemm::{gemm_ex, gemm_ex_col_sums, gemm_reference, Act, Epilogue};
 use ddrm::kernels::cpu::spmm::{spmm, spmm_reference, spmm_with, SparseMatrix};
 use ddrm::kernels::cpu::topk::{fused_topk, topk_reference, PackedItems};
 use ddrm::kernels::cpu::Isa;
@@ -60,10 +60,37 @@ proptest! {
         }}
         for isa in Isa::available() {
             let mut c = vec![f32::NAN; m * n]; // beta = 0 must not read C
-            gemm_ex(isa, false, false, m, n, k, 1.0, &a, &b, 0.0, &mut c, Epilogue { bias: Some(&bias), act });
+            gemm_ex(isa, false, false, m, n, k, 1.0, &a, &b, 0.0, &mut c, Epilogue { bias: Some(&bias), act, grad_of: None });
             for (x, y) in c.iter().zip(&want) {
                 prop_assert!(close(*x, *y as f64, 1e-5, 1e-4), "{:?} {:?}: {} vs {}", isa, act, x, y);
             }
+        }
+    }
+
+    #[test]
+    fn fused_activation_backward_and_col_sums_equal_separate_passes(
+        m in 0usize..90, n in 0usize..60, k in 0usize..600, ta: bool, tb: bool, seed in 0u64..1000,
+        act in prop::sample::select(vec![Act::None, Act::Relu, Act::Tanh, Act::Sigmoid])
+    ) {
+        // the fused epilogue (C ⊙ act'(y)) and the column sums of B taken while packing give
+        // the same bits as a plain product followed by activation_backward and col_sums
+        let mut r = ddrm::util::rng::Rng::new(seed);
+        let mut rv = |len: usize| (0..len).map(|_| r.uniform_f32() * 2.0 - 1.0).collect::<Vec<f32>>();
+        let (a, b, y) = (rv(m * k), rv(k * n), rv(m * n));
+        // op(B) as a plain k x n matrix, for the separate column sums
+        let opb: Vec<f32> = (0..k * n).map(|i| { let (p, j) = (i / n.max(1), i % n.max(1)); if tb { b[j * k + p] } else { b[p * n + j] } }).collect();
+        let mut want_sums = vec![0f32; n];
+        ew::col_sums(&opb, n, &mut want_sums);
+        for isa in Isa::available() {
+            let mut want = vec![0f32; m * n];
+            gemm_ex(isa, ta, tb, m, n, k, 1.0, &a, &b, 0.0, &mut want, Epilogue::NONE);
+            ew::activation_backward(&y, &mut want, act);
+            let mut got = vec![f32::NAN; m * n];
+            let mut sums = vec![f32::NAN; n];
+            gemm_ex_col_sums(isa, ta, tb, m, n, k, 1.0, &a, &b, 0.0, &mut got,
+                Epilogue { grad_of: Some((&y, act)), ..Epilogue::NONE }, &mut sums);
+            prop_assert_eq!(got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), want.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), "{:?} {:?} m{} n{} k{}", isa, act, m, n, k);
+            prop_assert_eq!(sums.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), want_sums.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), "sums {:?} m{} n{} k{}", isa, m, n, k);
         }
     }
 

@@ -573,17 +573,9 @@ impl Ddrm {
             wk,
             eg.as_mut(),
         );
-        for (k, (dn, g)) in [
-            (&mut self.item_dn, &wk.igrad),
-            (&mut self.user_dn, &wk.ugrad),
-        ]
-        .into_iter()
-        .enumerate()
-        {
-            if k == 1 && self.cfg.item_only {
-                break;
-            }
-            let o = &mut opt[1 - k];
+        // the two denoisers' Adam steps are independent: one on each half of the threads
+        let [uopt, iopt] = opt;
+        let adam_step = |dn: &mut Denoiser, g: &DenoiserGrad, o: &mut Adam| {
             o.begin_step();
             for (i, (p, g)) in dn
                 .params_mut()
@@ -593,7 +585,16 @@ impl Ddrm {
             {
                 o.update(i, p, g);
             }
-        }
+        };
+        let item_only = self.cfg.item_only;
+        rayon::join(
+            || adam_step(&mut self.item_dn, &wk.igrad, iopt),
+            || {
+                if !item_only {
+                    adam_step(&mut self.user_dn, &wk.ugrad, uopt);
+                }
+            },
+        );
         if let (Some(jb), Some(eg)) = (self.joint.as_mut(), eg.as_ref()) {
             let nu = self.n_users as u32;
             let pos_n: Vec<u32> = pos.iter().map(|&i| i + nu).collect();
@@ -631,24 +632,33 @@ impl Ddrm {
         let (mut xu, mut xi) = (vec![0f32; n * d], vec![0f32; n * d]);
         self.noise_into(&eu, steps, eps_u, &mut xu);
         self.noise_into(&ei, steps, eps_i, &mut xi);
-        let hat_u: Vec<f32> = if self.cfg.item_only {
-            eu.clone()
-        } else {
-            self.user_dn
-                .forward(
-                    &xu,
-                    &stepf,
-                    &ei,
-                    n,
-                    dropout_rng.as_deref_mut(),
-                    &mut wk.ucache,
-                )
-                .to_vec()
+        // the masks are drawn in the order a sequential run draws them (user, then item), so
+        // that the two denoisers can run at the same time: one on each half of the threads,
+        // each GEMM then mostly on one core, with no barrier between them
+        let item_only = self.cfg.item_only;
+        let mask_u = match dropout_rng.as_deref_mut() {
+            Some(rng) if !item_only => self.user_dn.dropout_mask(n, rng),
+            _ => Vec::new(),
         };
-        let hat_i = self
-            .item_dn
-            .forward(&xi, &stepf, &eu, n, dropout_rng, &mut wk.icache)
-            .to_vec();
+        let mask_i = dropout_rng.map_or_else(Vec::new, |rng| self.item_dn.dropout_mask(n, rng));
+        let (ucache, icache) = (&mut wk.ucache, &mut wk.icache);
+        let (ugrad, igrad) = (&mut wk.ugrad, &mut wk.igrad);
+        let (hat_u, hat_i): (Vec<f32>, Vec<f32>) = rayon::join(
+            || {
+                if item_only {
+                    eu.clone()
+                } else {
+                    self.user_dn
+                        .forward_masked(&xu, &stepf, &ei, n, mask_u, ucache)
+                        .to_vec()
+                }
+            },
+            || {
+                self.item_dn
+                    .forward_masked(&xi, &stepf, &eu, n, mask_i, icache)
+                    .to_vec()
+            },
+        );
         let (mut dhu, mut dhi) = (vec![0f32; n * d], vec![0f32; n * d]);
         let Some(eg) = emb_grads else {
             let parts = ddrm_loss(
@@ -664,12 +674,14 @@ impl Ddrm {
                 &mut dhi,
                 None,
             );
-            self.item_dn
-                .backward(n, &mut wk.icache, &dhi, &mut wk.igrad, None, None);
-            if !self.cfg.item_only {
-                self.user_dn
-                    .backward(n, &mut wk.ucache, &dhu, &mut wk.ugrad, None, None);
-            }
+            rayon::join(
+                || self.item_dn.backward(n, icache, &dhi, igrad, None, None),
+                || {
+                    if !item_only {
+                        self.user_dn.backward(n, ucache, &dhu, ugrad, None, None);
+                    }
+                },
+            );
             return parts;
         };
         let parts = ddrm_loss(
@@ -691,30 +703,28 @@ impl Ddrm {
         );
         // e_u: reconstruction target (above), the item denoiser's condition, and either the
         // user denoiser's noisy input (x_u = a_t e_u + b_t ε) or, item-only, ê_u = e_u itself
-        let (mut dx, mut dc) = (vec![0f32; n * d], vec![0f32; n * d]);
-        self.item_dn.backward(
-            n,
-            &mut wk.icache,
-            &dhi,
-            &mut wk.igrad,
-            Some(&mut dx),
-            Some(&mut dc),
+        let (mut dx_i, mut dc_i) = (vec![0f32; n * d], vec![0f32; n * d]);
+        let (mut dx_u, mut dc_u) = (vec![0f32; n * d], vec![0f32; n * d]);
+        rayon::join(
+            || {
+                self.item_dn
+                    .backward(n, icache, &dhi, igrad, Some(&mut dx_i), Some(&mut dc_i))
+            },
+            || {
+                if !item_only {
+                    self.user_dn
+                        .backward(n, ucache, &dhu, ugrad, Some(&mut dx_u), Some(&mut dc_u));
+                }
+            },
         );
-        axpy(1.0, &dc, &mut eg.du);
-        self.add_noised_input_grad(steps, &dx, &mut eg.di);
-        if self.cfg.item_only {
+        // summed in a fixed order (item denoiser's terms first), whatever ran first
+        axpy(1.0, &dc_i, &mut eg.du);
+        self.add_noised_input_grad(steps, &dx_i, &mut eg.di);
+        if item_only {
             axpy(1.0, &dhu, &mut eg.du);
         } else {
-            self.user_dn.backward(
-                n,
-                &mut wk.ucache,
-                &dhu,
-                &mut wk.ugrad,
-                Some(&mut dx),
-                Some(&mut dc),
-            );
-            axpy(1.0, &dc, &mut eg.di);
-            self.add_noised_input_grad(steps, &dx, &mut eg.du);
+            axpy(1.0, &dc_u, &mut eg.di);
+            self.add_noised_input_grad(steps, &dx_u, &mut eg.du);
         }
         parts
     }

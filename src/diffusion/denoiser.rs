@@ -180,6 +180,40 @@ impl Denoiser {
         dropout_rng: Option<&mut Rng>,
         cache: &'c mut DenoiserCache,
     ) -> &'c [f32] {
+        let mask = dropout_rng.map_or_else(Vec::new, |rng| self.dropout_mask(n, rng));
+        self.forward_masked(xt, steps, cond, n, mask, cache)
+    }
+
+    /// The inverted-dropout mask on `xt` for `n` rows (`n x d` entries of 0 or 1/keep, drawn
+    /// row-major from `rng`); empty when the dropout rate is 0.
+    pub fn dropout_mask(&self, n: usize, rng: &mut Rng) -> Vec<f32> {
+        if self.dropout <= 0.0 {
+            return Vec::new();
+        }
+        let keep = 1.0 - self.dropout;
+        let scale = 1.0 / keep;
+        // branch-free (a coin flip mispredicts half the time): scale * 1 or scale * 0
+        (0..n * self.d)
+            .map(|_| scale * f32::from(u8::from(rng.uniform_f32() < keep)))
+            .collect()
+    }
+
+    /// [`Self::forward`] with the dropout mask drawn beforehand ([`Self::dropout_mask`];
+    /// empty: no dropout), so that two denoisers can run at the same time and still see the
+    /// masks a sequential run would draw.
+    pub fn forward_masked<'c>(
+        &self,
+        xt: &[f32],
+        steps: &[f32],
+        cond: &[f32],
+        n: usize,
+        mask: Vec<f32>,
+        cache: &'c mut DenoiserCache,
+    ) -> &'c [f32] {
+        assert!(
+            mask.is_empty() || mask.len() == n * self.d,
+            "Denoiser::forward_masked: the mask must be empty or n x d"
+        );
         let (d, sd) = (self.d, self.step_dim);
         let w = 2 * d + sd;
         cache.enc.resize(n * sd, 0.0);
@@ -205,17 +239,7 @@ impl Denoiser {
         self.step_layer
             .forward(&cache.enc, n, Act::None, &mut cache.temb);
         cache.input.resize(n * w, 0.0);
-        cache.mask.clear();
-        let keep = 1.0 - self.dropout;
-        if let Some(rng) = dropout_rng.filter(|_| self.dropout > 0.0) {
-            cache.mask.extend((0..n * d).map(|_| {
-                if rng.uniform_f32() < keep {
-                    1.0 / keep
-                } else {
-                    0.0
-                }
-            }));
-        }
+        cache.mask = mask;
         if let Some(attn) = &self.attn {
             // Transformer: xin = dropout(x_t); z = xin + Attn(c, temb, xin); y = z + FFN(z)
             let mut xin = std::mem::take(&mut cache.input);

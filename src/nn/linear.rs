@@ -1,7 +1,7 @@
 //! Fully connected layer `y = act(x · W + b)` with a hand-written backward.
 
-use crate::kernels::cpu::elementwise::{activation_backward, col_sums};
-use crate::kernels::cpu::{gemm, gemm_ex, Act, Epilogue, Isa};
+use crate::kernels::cpu::elementwise::activation_backward;
+use crate::kernels::cpu::{gemm_ex, gemm_ex_col_sums, Act, Epilogue, Isa};
 use crate::util::rng::Rng;
 
 /// A linear layer. `w` is row-major `din x dout`, `b` has `dout` entries.
@@ -16,6 +16,10 @@ pub struct Linear {
     /// Bias, `dout`.
     pub b: Vec<f32>,
 }
+
+/// Where a backward writes dL/dx, and the activation whose output x is (when it is one):
+/// `(buffer, Some((x, act)))` gives dL/d(pre-activation of the layer below).
+pub type InputGrad<'a> = (&'a mut [f32], Option<(&'a [f32], Act)>);
 
 /// Gradients of a [`Linear`].
 #[derive(Clone, Debug, PartialEq)]
@@ -68,6 +72,7 @@ impl Linear {
             Epilogue {
                 bias: Some(&self.b),
                 act,
+                grad_of: None,
             },
         );
     }
@@ -89,24 +94,73 @@ impl Linear {
     ) {
         assert_eq!(dy.len(), n * self.dout);
         activation_backward(y, dy, act);
+        self.backward_pre(x, dy, n, g, dx.map(|d| (d, None)), accumulate);
+    }
+
+    /// Backward from `dz` = dL/d(pre-activation) (`n x dout`). Gradients are written to `g`
+    /// (added when `accumulate`). `dx = Some((buf, act_of_x))` receives dL/dx (overwritten);
+    /// when the input x is itself the output of an activation (`act_of_x = Some((x, a))`,
+    /// the layer below), the result is dL/d(that layer's pre-activation), the activation's
+    /// backward fused into the product `dz · Wᵀ`.
+    pub fn backward_pre(
+        &self,
+        x: &[f32],
+        dz: &[f32],
+        n: usize,
+        g: &mut LinearGrad,
+        dx: Option<InputGrad>,
+        accumulate: bool,
+    ) {
+        assert_eq!(x.len(), n * self.din, "Linear::backward: x must be n x din");
+        assert_eq!(
+            dz.len(),
+            n * self.dout,
+            "Linear::backward: dy must be n x dout"
+        );
         let beta = if accumulate { 1.0 } else { 0.0 };
-        // dW = xᵀ · dy : (din x n) · (n x dout)
-        gemm(
-            true, false, self.din, self.dout, n, 1.0, x, dy, beta, &mut g.w,
+        // dW = xᵀ · dz : (din x n) · (n x dout); db = column sums of dz, taken while dz is
+        // packed
+        let mut db = vec![0f32; self.dout];
+        gemm_ex_col_sums(
+            Isa::detect(),
+            true,
+            false,
+            self.din,
+            self.dout,
+            n,
+            1.0,
+            x,
+            dz,
+            beta,
+            &mut g.w,
+            Epilogue::NONE,
+            &mut db,
         );
         if accumulate {
-            let mut tmp = vec![0f32; self.dout];
-            col_sums(dy, self.dout, &mut tmp);
-            for (a, t) in g.b.iter_mut().zip(&tmp) {
+            for (a, t) in g.b.iter_mut().zip(&db) {
                 *a += t;
             }
         } else {
-            col_sums(dy, self.dout, &mut g.b);
+            g.b.copy_from_slice(&db);
         }
-        if let Some(dx) = dx {
-            // dx = dy · Wᵀ : (n x dout) · (dout x din)
-            gemm(
-                false, true, n, self.din, self.dout, 1.0, dy, &self.w, 0.0, dx,
+        if let Some((dx, act_of_x)) = dx {
+            // dx = dz · Wᵀ : (n x dout) · (dout x din), times act'(x) when x is an activation
+            gemm_ex(
+                Isa::detect(),
+                false,
+                true,
+                n,
+                self.din,
+                self.dout,
+                1.0,
+                dz,
+                &self.w,
+                0.0,
+                dx,
+                Epilogue {
+                    grad_of: act_of_x,
+                    ..Epilogue::NONE
+                },
             );
         }
     }

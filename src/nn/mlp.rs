@@ -90,6 +90,11 @@ impl Mlp {
         let nl = self.layers.len();
         cache.grad_a.clear();
         cache.grad_a.extend_from_slice(dout);
+        crate::kernels::cpu::elementwise::activation_backward(
+            &cache.outs[nl - 1],
+            &mut cache.grad_a,
+            self.act_of(nl - 1),
+        );
         let mut dx = dx;
         for l in (0..nl).rev() {
             let layer = &self.layers[l];
@@ -97,23 +102,16 @@ impl Mlp {
             let want_dx = l > 0 || dx.is_some();
             cache.grad_b.resize(n * layer.din, 0.0);
             let (ga, gb) = (&mut cache.grad_a, &mut cache.grad_b);
-            let target: Option<&mut [f32]> = if !want_dx {
+            // grad_a holds dL/d(pre-activation) of layer l; the input gradient of a hidden
+            // layer comes out of the product already through the activation below it
+            let target = if !want_dx {
                 None
             } else if l == 0 {
-                dx.as_deref_mut()
+                dx.as_deref_mut().map(|d| (d, None))
             } else {
-                Some(gb.as_mut_slice())
+                Some((gb.as_mut_slice(), Some((input, self.act_of(l - 1)))))
             };
-            layer.backward(
-                input,
-                &cache.outs[l],
-                ga,
-                n,
-                self.act_of(l),
-                &mut grads[l],
-                target,
-                false,
-            );
+            layer.backward_pre(input, ga, n, &mut grads[l], target, false);
             if l > 0 {
                 std::mem::swap(&mut cache.grad_a, &mut cache.grad_b);
             }

@@ -238,6 +238,20 @@ pub fn activation_backward(y: &[f32], g: &mut [f32], act: Act) {
         return;
     }
     assert_eq!(y.len(), g.len());
+    if y.len() >= PAR_MIN {
+        y.par_chunks(PAR_MIN / 4)
+            .zip(g.par_chunks_mut(PAR_MIN / 4))
+            .for_each(|(yc, gc)| activation_backward_seq(yc, gc, act));
+    } else {
+        activation_backward_seq(y, g, act);
+    }
+}
+
+/// [`activation_backward`] on the calling thread (also the GEMM epilogue's
+/// [`super::gemm::Epilogue::grad_of`]): the same operations in the same order, so a fused
+/// backward gives the same bits as the separate pass.
+pub fn activation_backward_seq(y: &[f32], g: &mut [f32], act: Act) {
+    debug_assert_eq!(y.len(), g.len());
     let one = f32x8::splat(1.0);
     let f = |yv: f32x8, gv: f32x8| -> f32x8 {
         match act {
@@ -261,22 +275,16 @@ pub fn activation_backward(y: &[f32], g: &mut [f32], act: Act) {
             Act::Sigmoid => gv * yv * (1.0 - yv),
         }
     };
-    let run = |(yc, gc): (&[f32], &mut [f32])| {
-        let n8 = yc.len() / 8 * 8;
-        for i in (0..n8).step_by(8) {
-            let r = f(load(&yc[i..]), load(&gc[i..])).to_array();
-            gc[i..i + 8].copy_from_slice(&r);
-        }
-        for i in n8..yc.len() {
-            gc[i] = fs(yc[i], gc[i]);
-        }
-    };
-    if y.len() >= PAR_MIN {
-        y.par_chunks(PAR_MIN / 4)
-            .zip(g.par_chunks_mut(PAR_MIN / 4))
-            .for_each(run);
-    } else {
-        run((y, g));
+    if act == Act::None {
+        return;
+    }
+    let n8 = y.len() / 8 * 8;
+    for i in (0..n8).step_by(8) {
+        let r = f(load(&y[i..]), load(&g[i..])).to_array();
+        g[i..i + 8].copy_from_slice(&r);
+    }
+    for i in n8..y.len() {
+        g[i] = fs(y[i], g[i]);
     }
 }
 

@@ -21,11 +21,20 @@ const NC: usize = 2048;
 
 /// Element-wise activation applied in a GEMM epilogue or by the nn blocks.
 #[derive(
-    Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum,
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    serde::Deserialize,
+    clap::ValueEnum,
 )]
 #[serde(rename_all = "lowercase")]
 pub enum Act {
     /// Identity.
+    #[default]
     None,
     /// max(x, 0).
     Relu,
@@ -35,13 +44,19 @@ pub enum Act {
     Sigmoid,
 }
 
-/// Operations fused after the product: add `bias[j]` to column j, then apply `act`.
-#[derive(Clone, Copy, Debug)]
+/// Operations fused after the product, in this order: add `bias[j]` to column j, apply
+/// `act`, then multiply element (i, j) by the derivative of an activation given its output
+/// ([`Self::grad_of`]).
+#[derive(Clone, Copy, Debug, Default)]
 pub struct Epilogue<'a> {
     /// Per-column bias (length n), or none.
     pub bias: Option<&'a [f32]>,
     /// Activation.
     pub act: Act,
+    /// `(y, a)`: multiply C by `a'` expressed through the activation's output `y` (an
+    /// m x n row-major matrix), exactly as [`super::elementwise::activation_backward`] does.
+    /// This fuses the backward of the layer below into the product `dy · Wᵀ` that feeds it.
+    pub grad_of: Option<(&'a [f32], Act)>,
 }
 
 impl Epilogue<'_> {
@@ -49,9 +64,12 @@ impl Epilogue<'_> {
     pub const NONE: Epilogue<'static> = Epilogue {
         bias: None,
         act: Act::None,
+        grad_of: None,
     };
     fn is_none(&self) -> bool {
-        self.bias.is_none() && self.act == Act::None
+        self.bias.is_none()
+            && self.act == Act::None
+            && self.grad_of.is_none_or(|(_, a)| a == Act::None)
     }
 }
 
@@ -114,6 +132,77 @@ pub fn gemm_ex(
     c: &mut [f32],
     epi: Epilogue,
 ) {
+    gemm_core(isa, ta, tb, m, n, k, alpha, a, b, beta, c, epi, None)
+}
+
+/// [`gemm_ex`] that also writes the column sums of `op(B)` (k x n) into `b_col_sums` (length
+/// n), summed while B is packed: each column in row order from 0, the same additions as
+/// [`super::elementwise::col_sums`], so the same bits. In a layer's backward
+/// `dW = xᵀ · dy` this gives the bias gradient (the column sums of dy) without another pass.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_ex_col_sums(
+    isa: Isa,
+    ta: bool,
+    tb: bool,
+    m: usize,
+    n: usize,
+    k: usize,
+    alpha: f32,
+    a: &[f32],
+    b: &[f32],
+    beta: f32,
+    c: &mut [f32],
+    epi: Epilogue,
+    b_col_sums: &mut [f32],
+) {
+    assert_eq!(
+        b_col_sums.len(),
+        n,
+        "gemm: the column sums of B need n = {n} entries"
+    );
+    b_col_sums.fill(0.0);
+    if m == 0 {
+        // no product to compute, the sums are still asked for
+        for p in 0..k {
+            for (j, s) in b_col_sums.iter_mut().enumerate() {
+                *s += if tb { b[j * k + p] } else { b[p * n + j] };
+            }
+        }
+        return;
+    }
+    gemm_core(
+        isa,
+        ta,
+        tb,
+        m,
+        n,
+        k,
+        alpha,
+        a,
+        b,
+        beta,
+        c,
+        epi,
+        Some(b_col_sums),
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+fn gemm_core(
+    isa: Isa,
+    ta: bool,
+    tb: bool,
+    m: usize,
+    n: usize,
+    k: usize,
+    alpha: f32,
+    a: &[f32],
+    b: &[f32],
+    beta: f32,
+    c: &mut [f32],
+    epi: Epilogue,
+    mut b_col_sums: Option<&mut [f32]>,
+) {
     assert!(
         a.len() >= m * k,
         "gemm: A has {} elements, needs {}",
@@ -139,16 +228,27 @@ pub fn gemm_ex(
             bias.len()
         );
     }
+    if let Some((y, _)) = epi.grad_of {
+        assert!(
+            y.len() >= m * n,
+            "gemm: the activation output of the epilogue has {} elements, needs {}",
+            y.len(),
+            m * n
+        );
+    }
     if m == 0 || n == 0 {
         return;
     }
     if k == 0 {
-        c[..m * n].par_chunks_mut(n).for_each(|row| {
-            for v in row.iter_mut() {
-                *v = if beta == 0.0 { 0.0 } else { *v * beta };
-            }
-            apply_epilogue(row, epi);
-        });
+        c[..m * n]
+            .par_chunks_mut(n)
+            .enumerate()
+            .for_each(|(i, row)| {
+                for v in row.iter_mut() {
+                    *v = if beta == 0.0 { 0.0 } else { *v * beta };
+                }
+                apply_epilogue(row, epi, i * n);
+            });
         return;
     }
     let threads = rayon::current_num_threads().max(1);
@@ -189,10 +289,26 @@ pub fn gemm_ex(
                     .enumerate()
                     .for_each(|(ip, dst)| pack_a(a, ta, m, k, ip * MR, pc, kc, dst));
             }
-            bp[..n_panels * NR * kc]
-                .par_chunks_mut(NR * kc)
-                .enumerate()
-                .for_each(|(jp, dst)| pack_b(b, tb, n, k, jc + jp * NR, jc + nc, pc, kc, dst));
+            if let Some(sums) = b_col_sums.as_deref_mut() {
+                // blocks of K in order, rows in order within a block: column sums in row order
+                bp[..n_panels * NR * kc]
+                    .par_chunks_mut(NR * kc)
+                    .zip(sums[jc..jc + nc].par_chunks_mut(NR))
+                    .enumerate()
+                    .for_each(|(jp, (dst, s))| {
+                        pack_b(b, tb, n, k, jc + jp * NR, jc + nc, pc, kc, dst);
+                        for p in 0..kc {
+                            for (sv, &v) in s.iter_mut().zip(&dst[p * NR..(p + 1) * NR]) {
+                                *sv += v;
+                            }
+                        }
+                    });
+            } else {
+                bp[..n_panels * NR * kc]
+                    .par_chunks_mut(NR * kc)
+                    .enumerate()
+                    .for_each(|(jp, dst)| pack_b(b, tb, n, k, jc + jp * NR, jc + nc, pc, kc, dst));
+            }
             let beta_eff = if pc == 0 { beta } else { 1.0 };
             let last = pc + kc == k;
             let m_blocks = m.div_ceil(MC);
@@ -268,8 +384,7 @@ pub fn gemm_ex(
                         let row = unsafe {
                             std::slice::from_raw_parts_mut(cptr.get().add(i * n + c0), c1 - c0)
                         };
-                        let bias = epi.bias.map(|b| &b[c0..c1]);
-                        apply_epilogue(row, Epilogue { bias, act: epi.act });
+                        apply_epilogue(row, epi_cols(epi, c0, c1), i * n + c0);
                     }
                 }
             });
@@ -282,13 +397,25 @@ thread_local! {
     static PACK: std::cell::RefCell<(Vec<f32>, Vec<f32>)> = const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
 }
 
-fn apply_epilogue(row: &mut [f32], epi: Epilogue) {
+/// The epilogue restricted to columns `c0..c1` (the bias slice; `grad_of` keeps its matrix).
+fn epi_cols(epi: Epilogue, c0: usize, c1: usize) -> Epilogue {
+    Epilogue {
+        bias: epi.bias.map(|b| &b[c0..c1]),
+        ..epi
+    }
+}
+
+/// Apply the epilogue to `row`, which starts at flat index `at` of C (for `grad_of`).
+fn apply_epilogue(row: &mut [f32], epi: Epilogue, at: usize) {
     if let Some(b) = epi.bias {
         for (v, &bb) in row.iter_mut().zip(b) {
             *v += bb;
         }
     }
     super::elementwise::activate_inplace(row, epi.act);
+    if let Some((y, act)) = epi.grad_of {
+        super::elementwise::activation_backward_seq(&y[at..at + row.len()], row, act);
+    }
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -6,5 +6,5 @@ pub mod peak;
 pub mod spmm;
 pub mod topk;
 
-pub use gemm::{gemm, gemm_ex, Act, Epilogue};
+pub use gemm::{gemm, gemm_ex, gemm_ex_col_sums, Act, Epilogue};
 pub use isa::Isa;
