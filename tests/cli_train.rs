@@ -354,10 +354,10 @@ fn backends_and_ddrm_train_evaluate_and_recommend() {
     assert!(!err.contains("panicked"));
 }
 
-/// T-CE and R-CE retrain a backend with their loss: the run is labelled, evaluates to the
+/// T-CE, R-CE and DeCA retrain a backend with their loss: the run is labelled, evaluates to the
 /// result written at training time, differs from plain BPR, and bad options are refused.
 #[test]
-fn tce_and_rce_baselines_train_each_backend() {
+fn tce_rce_and_deca_baselines_train_each_backend() {
     let dir = tempfile::tempdir().unwrap();
     let ds = synth(dir.path(), "s.ddrm", "3");
     let run = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
@@ -404,6 +404,18 @@ fn tce_and_rce_baselines_train_each_backend() {
             "LightGCN+R-CE",
         ),
         ("sgl", &["--denoise", "tce"][..], "sgl-tce", "SGL+T-CE"),
+        (
+            "mf",
+            &["--denoise", "deca", "--deca-c1", "50", "--deca-dim", "4"][..],
+            "mf-deca",
+            "MF-BPR+DeCA",
+        ),
+        (
+            "lightgcn",
+            &["--denoise", "deca", "--deca-alpha", "0"][..],
+            "lgn-deca",
+            "LightGCN+DeCA",
+        ),
     ] {
         let out = run(name);
         train(model, extra, &out);
@@ -425,11 +437,13 @@ fn tce_and_rce_baselines_train_each_backend() {
             .unwrap();
         assert!(r20.is_finite() && r20 > 0.0, "{name}: {ev}");
     }
-    assert_ne!(
-        test_metrics(Path::new(&run("mf"))),
-        test_metrics(Path::new(&run("mf-tce"))),
-        "T-CE trains with another loss than BPR"
-    );
+    for x in ["mf-tce", "mf-deca"] {
+        assert_ne!(
+            test_metrics(Path::new(&run("mf"))),
+            test_metrics(Path::new(&run(x))),
+            "{x} trains with another loss than BPR"
+        );
+    }
     // a DDRM run on a T-CE backend works like on any backend run
     ok(&[
         "-q",
@@ -459,7 +473,13 @@ fn tce_and_rce_baselines_train_each_backend() {
             "--from needs --denoise ddrm",
         ),
         (&["--denoise", "ddrm"][..], "--denoise ddrm needs --from"),
-        (&["--denoise", "deca"][..], "deca"),
+        (
+            &["--denoise", "deca", "--deca-alpha", "2"][..],
+            "--deca-alpha",
+        ),
+        (&["--denoise", "deca", "--deca-c2=-1"][..], "--deca-c2"),
+        (&["--denoise", "deca", "--deca-dim", "0"][..], "--deca-dim"),
+        (&["--denoise", "adagcl"][..], "adagcl"),
     ] {
         let mut args = vec![
             "train",
@@ -796,6 +816,7 @@ fn reproduce_runs_every_default_row() {
             "MF-BPR",
             "MF-BPR+T-CE",
             "MF-BPR+R-CE",
+            "MF-BPR+DeCA",
             "MF-BPR+DDRM",
             "CDAE",
             "MultiVAE",
@@ -816,11 +837,11 @@ fn reproduce_runs_every_default_row() {
         "--dataset",
         &ds,
         "--baselines",
-        "deca",
+        "adagcl",
         "--out",
         &out,
     ]);
-    assert!(code != 0 && err.contains("deca"), "{err}");
+    assert!(code != 0 && err.contains("adagcl"), "{err}");
 }
 
 /// The random-noise experiment: one row per ratio (backend, + R-CE, + DDRM), a table, JSON and

@@ -781,3 +781,110 @@ mod cdae {
         }
     }
 }
+
+/// DeCA: each sample's gradient w.r.t. the three logits, and the batch's gradients w.r.t. the
+/// auxiliary tables, against central finite differences of f64 references.
+mod deca {
+    use super::*;
+    use ddrm::denoising::deca::{sample_loss, Deca, DecaWeights, Phase};
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 64, .. ProptestConfig::default() })]
+
+        #[test]
+        fn sample_gradient_matches_fd(dp: bool, positive: bool, z in -9f64..9.0, ah in -9f64..9.0,
+            ag in -9f64..9.0, alpha in 0f64..=1.0, c1 in 0f64..1000.0, c2 in 0f64..1000.0) {
+            let phase = if dp { Phase::Dp } else { Phase::Dn };
+            let w = DecaWeights { alpha, c1, c2 };
+            let r = sample_loss(phase, positive, z, ah, ag, w);
+            let l = |z: f64, ah: f64, ag: f64| sample_loss(phase, positive, z, ah, ag, w).loss;
+            let fd = |f: &dyn Fn(f64) -> f64, x: f64| (f(x + H) - f(x - H)) / (2.0 * H);
+            let tol = |fd: f64| 1e-5 + 1e-4 * fd.abs();
+            let (fz, fh, fg) = (fd(&|x| l(x, ah, ag), z), fd(&|x| l(z, x, ag), ah), fd(&|x| l(z, ah, x), ag));
+            prop_assert!((r.dz - fz).abs() <= tol(fz), "dz {} vs {}", r.dz, fz);
+            prop_assert!((r.dh - fh).abs() <= tol(fh), "dh {} vs {}", r.dh, fh);
+            prop_assert!((r.dg - fg).abs() <= tol(fg), "dg {} vs {}", r.dg, fg);
+        }
+
+        #[test]
+        fn batch_gradients_match_fd_of_the_table_loss(seed in 0u64..1000, b in 1usize..12, step in 0u64..4,
+            alpha in 0f64..=1.0) {
+            let (nu, ni, dim) = (5usize, 7usize, 3usize);
+            let w = DecaWeights { alpha, c1: 3.0, c2: 2.0 };
+            let mut deca = Deca::new(w, dim, 1e-3, nu, ni, seed);
+            let mut r = Rng::new(seed ^ 0x5eed);
+            let users: Vec<u32> = (0..b).map(|_| r.index(nu) as u32).collect();
+            let pos_items: Vec<u32> = (0..b).map(|_| r.index(ni) as u32).collect();
+            let neg_items: Vec<u32> = (0..b).map(|_| r.index(ni) as u32).collect();
+            let pos: Vec<f32> = (0..b).map(|_| r.uniform_f32() * 8.0 - 4.0).collect();
+            let neg: Vec<f32> = (0..b).map(|_| r.uniform_f32() * 8.0 - 4.0).collect();
+            let (mut dpos, mut dneg) = (vec![0f32; b], vec![0f32; b]);
+            let g = deca.batch_grads(step, &users, &pos_items, &neg_items, &pos, &neg, &mut dpos, &mut dneg);
+            prop_assert_eq!(g.h, if step % 2 == 0 { 0 } else { 1 });
+            let phase = Phase::of_step(step);
+            // f64 reference of the batch loss as a function of the h and g tables
+            let loss = |th: &[f64], tg: &[f64], p: &[f64], q: &[f64]| -> f64 {
+                let dot = |t: &[f64], u: usize, i: usize| (0..dim).map(|c| t[u * dim + c] * t[(nu + i) * dim + c]).sum::<f64>();
+                (0..b).map(|k| {
+                    let (u, i, j) = (users[k] as usize, pos_items[k] as usize, neg_items[k] as usize);
+                    sample_loss(phase, true, p[k], dot(th, u, i), dot(tg, u, i), w).loss
+                        + sample_loss(phase, false, q[k], dot(th, u, j), dot(tg, u, j), w).loss
+                }).sum::<f64>() / b as f64
+            };
+            let th = to64(deca.table(g.h));
+            let tg = to64(deca.table(2));
+            let (p64, q64) = (to64(&pos), to64(&neg));
+            prop_assert!((g.loss - loss(&th, &tg, &p64, &q64)).abs() < 1e-6 * (1.0 + g.loss.abs()));
+            for k in 0..b {
+                let (mut a, mut c) = (p64.clone(), p64.clone()); a[k] += H; c[k] -= H;
+                assert_grad(dpos[k], (loss(&th, &tg, &a, &q64) - loss(&th, &tg, &c, &q64)) / (2.0 * H), "deca dpos")?;
+                let (mut a, mut c) = (q64.clone(), q64.clone()); a[k] += H; c[k] -= H;
+                assert_grad(dneg[k], (loss(&th, &tg, &p64, &a) - loss(&th, &tg, &p64, &c)) / (2.0 * H), "deca dneg")?;
+            }
+            for node in 0..nu + ni {
+                let slot = g.rows.iter().position(|&x| x as usize == node);
+                for c in 0..dim {
+                    let e = node * dim + c;
+                    let (mut a, mut m) = (th.clone(), th.clone()); a[e] += H; m[e] -= H;
+                    let fd_h = (loss(&a, &tg, &p64, &q64) - loss(&m, &tg, &p64, &q64)) / (2.0 * H);
+                    let (mut a, mut m) = (tg.clone(), tg.clone()); a[e] += H; m[e] -= H;
+                    let fd_g = (loss(&th, &a, &p64, &q64) - loss(&th, &m, &p64, &q64)) / (2.0 * H);
+                    match slot {
+                        Some(s) => {
+                            assert_grad(g.grad_h[s * dim + c], fd_h, "deca h table")?;
+                            assert_grad(g.grad_g[s * dim + c], fd_g, "deca g table")?;
+                        }
+                        None => prop_assert!(fd_h.abs() < 1e-9 && fd_g.abs() < 1e-9, "a row outside the batch has a gradient"),
+                    }
+                }
+            }
+        }
+    }
+
+    /// A DP step moves h1 and g but not h2; a DN step moves h2 and g but not h1.
+    #[test]
+    fn each_phase_steps_its_own_models() {
+        let w = DecaWeights {
+            alpha: 0.5,
+            c1: 10.0,
+            c2: 10.0,
+        };
+        let mut deca = Deca::new(w, 4, 1e-2, 3, 4, 7);
+        let (users, pi, ni) = ([0u32, 1, 2], [0u32, 1, 2], [3u32, 3, 0]);
+        let (pos, neg) = ([0.5f32, -0.2, 1.0], [0.1f32, 0.3, -1.0]);
+        let (mut dp, mut dn) = ([0f32; 3], [0f32; 3]);
+        for step in 0..2u64 {
+            let before: Vec<Vec<f32>> = (0..3).map(|t| deca.table(t).to_vec()).collect();
+            let l = deca.loss_and_step(step, &users, &pi, &ni, &pos, &neg, &mut dp, &mut dn);
+            assert!(l.is_finite());
+            let moved: Vec<bool> = (0..3)
+                .map(|t| deca.table(t) != before[t].as_slice())
+                .collect();
+            let h = step as usize; // 0: DP (h1), 1: DN (h2)
+            assert!(
+                moved[h] && !moved[1 - h] && moved[2],
+                "step {step}: moved {moved:?}"
+            );
+        }
+    }
+}

@@ -4,6 +4,7 @@
 
 use super::graph::Graph;
 use crate::data::Dataset;
+use crate::denoising::deca::{Deca, DecaWeights};
 use crate::denoising::Objective;
 use crate::kernels::cpu::elementwise::{axpy, gather_rows, row_dots, scale};
 use crate::kernels::cpu::spmm::{spmm_ex, SpmmEpilogue};
@@ -90,7 +91,8 @@ pub struct Model {
     dego: Vec<f32>, // graph backends: gradient w.r.t. the ego embeddings (scratch)
     layer_bufs: Vec<Vec<f32>>,
     slot: Vec<u32>, // MF: node -> row in the compact gradient (u32::MAX when untouched)
-    step: u64,      // optimizer steps taken (the T-CE drop schedule)
+    step: u64,      // optimizer steps taken (the T-CE drop schedule, DeCA's phases)
+    deca: Option<Deca>, // DeCA's auxiliary models
     batch_rows: Vec<bool>, // graph backends: the nodes of the current batch
 }
 
@@ -129,6 +131,21 @@ impl Model {
             vec![]
         };
         let adam = Adam::new(AdamConfig::with_lr(cfg.lr), &[ego.len()]);
+        let deca = match cfg.objective {
+            Objective::Deca { alpha, c1, c2, dim } => Some(Deca::new(
+                DecaWeights {
+                    alpha: alpha as f64,
+                    c1: c1 as f64,
+                    c2: c2 as f64,
+                },
+                dim,
+                cfg.lr,
+                nu,
+                ni,
+                seed,
+            )),
+            _ => None,
+        };
         let n = (nu + ni) * d;
         Model {
             cfg,
@@ -145,6 +162,7 @@ impl Model {
             slot: vec![],
             step: 0,
             batch_rows: vec![],
+            deca,
         }
     }
 
@@ -353,10 +371,15 @@ impl Model {
         row_dots(&eu, &ei, d, &mut sp);
         row_dots(&eu, &ej, d, &mut sn);
         let (mut dp, mut dn) = (vec![0f32; b], vec![0f32; b]);
-        let bpr = self
-            .cfg
-            .objective
-            .loss(self.step, &sp, &sn, &mut dp, &mut dn);
+        let bpr = match self.deca.as_mut() {
+            Some(deca) => {
+                deca.loss_and_step(self.step, users, pos, neg, &sp, &sn, &mut dp, &mut dn)
+            }
+            None => self
+                .cfg
+                .objective
+                .loss(self.step, &sp, &sn, &mut dp, &mut dn),
+        };
         self.step += 1;
         // gradient w.r.t. final embeddings (dense, mostly zero)
         if self.cfg.backend == Backend::Mf {

@@ -32,6 +32,19 @@ pub struct TrainArgs {
     /// R-CE: exponent β of the weight σ(score)^β.
     #[arg(long, default_value_t = 0.1)]
     pub rce_beta: f32,
+    /// DeCA: α of α KL(g, f) + (1 − α) KL(f, g) (agreement with the auxiliary model). The
+    /// defaults are the authors' recipe for GMF on MovieLens-100k.
+    #[arg(long, default_value_t = 1.0)]
+    pub deca_alpha: f32,
+    /// DeCA: C1, the weight pushing sampled negatives' predictions to 0 on DP steps.
+    #[arg(long, default_value_t = 1000.0)]
+    pub deca_c1: f32,
+    /// DeCA: C2, the weight pushing positives' predictions to 1 on DN steps.
+    #[arg(long, default_value_t = 1000.0)]
+    pub deca_c2: f32,
+    /// DeCA: embedding width of its three auxiliary MF models.
+    #[arg(long, default_value_t = 32)]
+    pub deca_dim: usize,
     /// DDRM options.
     #[command(flatten)]
     pub ddrm: crate::cli::ddrm_cmd::DdrmArgs,
@@ -155,6 +168,8 @@ pub enum Denoise {
     Tce,
     /// R-CE: the backend trained with reweighted BCE (Wang et al., WSDM 2021).
     Rce,
+    /// DeCA: the backend trained to agree with auxiliary models (Wang et al., WWW 2022).
+    Deca,
 }
 
 /// The backend objective that `--denoise` and its options select.
@@ -165,6 +180,12 @@ pub fn objective(a: &TrainArgs) -> Objective {
             warmup: a.tce_warmup,
         },
         Some(Denoise::Rce) => Objective::Rce { beta: a.rce_beta },
+        Some(Denoise::Deca) => Objective::Deca {
+            alpha: a.deca_alpha,
+            c1: a.deca_c1,
+            c2: a.deca_c2,
+            dim: a.deca_dim,
+        },
         _ => Objective::Bpr,
     }
 }
@@ -210,6 +231,17 @@ fn check_args(a: &TrainArgs) -> Result<()> {
             "--rce-beta must be a finite non-negative number, got {}",
             a.rce_beta
         );
+    }
+    if !(0.0..=1.0).contains(&a.deca_alpha) {
+        bail!("--deca-alpha must be in [0, 1], got {}", a.deca_alpha);
+    }
+    for (name, v) in [("--deca-c1", a.deca_c1), ("--deca-c2", a.deca_c2)] {
+        if !v.is_finite() || v < 0.0 {
+            bail!("{name} must be a finite non-negative number, got {v}");
+        }
+    }
+    if a.deca_dim == 0 {
+        bail!("--deca-dim must be at least 1");
     }
     Ok(())
 }

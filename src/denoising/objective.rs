@@ -37,6 +37,18 @@ pub enum Objective {
         /// Exponent β of the weight.
         beta: f32,
     },
+    /// DeCA: agreement with auxiliary models of its own ([`super::deca`]), which the backend
+    /// trains beside itself.
+    Deca {
+        /// α of the two KL directions.
+        alpha: f32,
+        /// C1 (negatives, DP steps).
+        c1: f32,
+        /// C2 (positives, DN steps).
+        c2: f32,
+        /// Embedding width of the auxiliary MF models.
+        dim: usize,
+    },
 }
 
 impl Objective {
@@ -46,11 +58,16 @@ impl Objective {
             Objective::Bpr => "",
             Objective::Tce { .. } => "+T-CE",
             Objective::Rce { .. } => "+R-CE",
+            Objective::Deca { .. } => "+DeCA",
         }
     }
 
     /// The loss of one batch of triplet scores `pos` (user · positive) and `neg`
     /// (user · negative) at optimizer step `step` (0-based); writes dL/dpos and dL/dneg.
+    ///
+    /// # Panics
+    /// On [`Objective::Deca`], whose loss needs its auxiliary models
+    /// ([`super::deca::Deca::loss_and_step`]; the backends' `Model` calls that instead).
     pub fn loss(
         &self,
         step: u64,
@@ -68,6 +85,9 @@ impl Objective {
             Objective::Rce { beta } => {
                 let (wp, wn) = rce_weights(pos, neg, beta);
                 reweighted_bce(pos, neg, &wp, &wn, dpos, dneg)
+            }
+            Objective::Deca { .. } => {
+                panic!("Objective::loss: DeCA's loss needs its models (deca::Deca)")
             }
         }
     }
