@@ -12,6 +12,9 @@ import sys
 import time
 
 
+# minimum warm-up time per timed side (matches WARM_MIN in src/bench/timing.rs)
+WARM_SECONDS = 0.25
+
 def main():
     op, d = sys.argv[1], sys.argv[2]
     args = dict(zip(sys.argv[3::2], sys.argv[4::2]))
@@ -32,8 +35,12 @@ def main():
         except NotImplementedError as e:
             out[fw] = {"missing": str(e)}
             continue
-        for _ in range(warmup):
+        # warm-up: at least `warmup` runs and, when warming up at all, 0.25 s (as ddrm does)
+        t0 = time.perf_counter()
+        k = 0
+        while k < warmup or (warmup > 0 and time.perf_counter() - t0 < WARM_SECONDS):
             fn()
+            k += 1
         ts = []
         for _ in range(reps):
             t = time.perf_counter()
@@ -52,16 +59,20 @@ def build(op, fw, d, meta, threads):
     import numpy as np
     if op == "gemm":
         m, n, k = meta["m"], meta["n"], meta["k"]
+        tra, trb = meta.get("ta", False), meta.get("tb", False)
         rng = np.random.default_rng(0)
-        a = rng.standard_normal((m, k), dtype=np.float32)
-        b = rng.standard_normal((k, n), dtype=np.float32)
+        # stored as ddrm stores them; the transposes are views (BLAS reads them transposed)
+        a = rng.standard_normal((k, m) if tra else (m, k), dtype=np.float32)
+        b = rng.standard_normal((n, k) if trb else (k, n), dtype=np.float32)
         if fw == "numpy":
-            return lambda: a @ b
+            opa, opb = (a.T if tra else a), (b.T if trb else b)
+            return lambda: opa @ opb
         if fw == "torch":
             import torch
             torch.set_num_threads(threads)
             ta, tb = torch.from_numpy(a), torch.from_numpy(b)
-            return lambda: ta @ tb
+            opa, opb = (ta.t() if tra else ta), (tb.t() if trb else tb)
+            return lambda: opa @ opb
         raise NotImplementedError(f"{fw} has no gemm baseline")
     if op == "spmm":
         n, dim = meta["n"], meta["d"]

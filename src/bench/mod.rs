@@ -220,16 +220,25 @@ fn tmpdir() -> Result<tempfile::TempDir> {
 /// element-wise.
 pub fn kernels(ctx: &Ctx, ds: &Dataset) -> Result<Vec<Row>> {
     let mut rows = Vec::new();
+    // (m, n, k, A transposed, B transposed): the forward products of the DDRM denoiser
+    // (138-1000-100-1000-64) and of the DiffRec/MultiVAE-sized MLP (138-600-200-64), then the
+    // denoiser's backward products: dW = Xᵀ·dY (K = batch) and dX = dY·Wᵀ
     let shapes = [
-        (2048usize, 1000usize, 138usize),
-        (2048, 100, 1000),
-        (2048, 1000, 100),
-        (2048, 64, 1000),
-        (2048, 600, 138),
-        (2048, 200, 600),
-        (2048, 64, 200),
+        (2048usize, 1000usize, 138usize, false, false),
+        (2048, 100, 1000, false, false),
+        (2048, 1000, 100, false, false),
+        (2048, 64, 1000, false, false),
+        (2048, 600, 138, false, false),
+        (2048, 200, 600, false, false),
+        (2048, 64, 200, false, false),
+        (138, 1000, 2048, true, false),
+        (1000, 100, 2048, true, false),
+        (1000, 64, 2048, true, false),
+        (2048, 1000, 100, false, true),
+        (2048, 100, 1000, false, true),
+        (2048, 1000, 64, false, true),
     ];
-    for &(m, n, k) in &shapes {
+    for &(m, n, k, ta, tb) in &shapes {
         let mut r = Rng::new(1);
         let mut a = vec![0f32; m * k];
         let mut b = vec![0f32; k * n];
@@ -239,16 +248,20 @@ pub fn kernels(ctx: &Ctx, ds: &Dataset) -> Result<Vec<Row>> {
         let dir = tmpdir()?;
         std::fs::write(
             dir.path().join("meta.json"),
-            serde_json::to_vec(&serde_json::json!({"m": m, "n": n, "k": k}))?,
+            serde_json::to_vec(&serde_json::json!({"m": m, "n": n, "k": k, "ta": ta, "tb": tb}))?,
         )?;
         let (t, vs) = ab(ctx, "gemm", Some(dir.path()), &["numpy", "torch"], || {
-            gemm(false, false, m, n, k, 1.0, &a, &b, 0.0, &mut c)
+            gemm(ta, tb, m, n, k, 1.0, &a, &b, 0.0, &mut c)
         });
         let gf = 2.0 * (m * n * k) as f64 / t.median_ms / 1e6;
         rows.push(Row {
             suite: "kernels".into(),
             name: "gemm".into(),
-            shape: format!("{m}x{k} · {k}x{n}"),
+            shape: match (ta, tb) {
+                (false, false) => format!("{m}x{k} · {k}x{n}"),
+                (true, _) => format!("({k}x{m})ᵀ · {k}x{n}"),
+                (false, true) => format!("{m}x{k} · ({n}x{k})ᵀ"),
+            },
             ddrm: t,
             throughput: gf,
             unit: "GFLOP/s".into(),

@@ -16,10 +16,20 @@ pub struct Timing {
     pub reps: usize,
 }
 
-/// Run `f` `warmup` times untimed, then `reps` times timed.
+/// Minimum warm-up time of a timed side (matched by `benches/reference.py`).
+pub const WARM_MIN: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Run `f` untimed (at least `warmup` times and, if `warmup > 0`, for at least [`WARM_MIN`]),
+/// then `reps` times timed.
 pub fn time(warmup: usize, reps: usize, mut f: impl FnMut()) -> Timing {
-    for _ in 0..warmup {
+    // at least `warmup` runs and, when warming up at all, WARM_MIN of them: on a shared VM the
+    // first milliseconds after an idle spell (the framework's turn, the settle pause) run
+    // slower, and the framework side warms up for as long (benches/reference.py)
+    let t0 = Instant::now();
+    let mut k = 0;
+    while k < warmup || (warmup > 0 && t0.elapsed() < WARM_MIN) {
         f();
+        k += 1;
     }
     let mut v: Vec<f64> = (0..reps.max(1))
         .map(|_| {
