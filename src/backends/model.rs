@@ -9,7 +9,7 @@ use crate::denoising::Objective;
 use crate::kernels::cpu::elementwise::{axpy, gather_rows, row_dots, scale};
 use crate::kernels::cpu::spmm::{spmm_ex, SpmmEpilogue};
 use crate::nn::loss;
-use crate::nn::{Adam, AdamConfig};
+use crate::nn::{Adam, AdamConfig, RowSlots};
 use crate::util::rng::Rng;
 use serde::{Deserialize, Serialize};
 
@@ -90,9 +90,9 @@ pub struct Model {
     grad: Vec<f32>,
     dego: Vec<f32>, // graph backends: gradient w.r.t. the ego embeddings (scratch)
     layer_bufs: Vec<Vec<f32>>,
-    slot: Vec<u32>, // MF: node -> row in the compact gradient (u32::MAX when untouched)
-    step: u64,      // optimizer steps taken (the T-CE drop schedule, DeCA's phases)
-    deca: Option<Deca>, // DeCA's auxiliary models
+    slots: RowSlots,       // MF: node -> row in the compact gradient
+    step: u64,             // optimizer steps taken (the T-CE drop schedule, DeCA's phases)
+    deca: Option<Deca>,    // DeCA's auxiliary models
     batch_rows: Vec<bool>, // graph backends: the nodes of the current batch
 }
 
@@ -159,7 +159,7 @@ impl Model {
             grad: vec![0.0; n],
             dego: vec![],
             layer_bufs: vec![],
-            slot: vec![],
+            slots: RowSlots::default(),
             step: 0,
             batch_rows: vec![],
             deca,
@@ -466,28 +466,20 @@ impl Model {
         let d = self.cfg.dim;
         let b = users.len();
         let n_nodes = self.n_users + self.n_items;
-        if self.slot.len() != n_nodes {
-            self.slot = vec![u32::MAX; n_nodes];
+        if self.slots.len() != n_nodes {
+            self.slots = RowSlots::new(n_nodes);
         }
-        let mut rows: Vec<u32> = Vec::with_capacity(3 * b);
-        for &node in users.iter().chain(pos_n).chain(neg_n) {
-            if self.slot[node as usize] == u32::MAX {
-                self.slot[node as usize] = 0;
-                rows.push(node);
-            }
-        }
-        rows.sort_unstable();
-        for (k, &r) in rows.iter().enumerate() {
-            self.slot[r as usize] = k as u32;
-        }
+        let rows = self
+            .slots
+            .assign(users.iter().chain(pos_n).chain(neg_n).copied());
         let mut g = vec![0f32; rows.len() * d];
         let rc = self.cfg.reg / b as f32;
         let mut reg = 0f64;
         for k in 0..b {
             let (su, si, sj) = (
-                self.slot[users[k] as usize] as usize,
-                self.slot[pos_n[k] as usize] as usize,
-                self.slot[neg_n[k] as usize] as usize,
+                self.slots.slot(users[k]),
+                self.slots.slot(pos_n[k]),
+                self.slots.slot(neg_n[k]),
             );
             let (u, i, j) = (
                 &eu[k * d..(k + 1) * d],
@@ -513,9 +505,7 @@ impl Model {
         }
         self.adam.begin_step();
         self.adam.update_rows(0, &mut self.ego, d, &rows, &g);
-        for &r in &rows {
-            self.slot[r as usize] = u32::MAX;
-        }
+        self.slots.release(&rows);
         BatchLoss {
             bpr,
             reg: reg * self.cfg.reg as f64 / b as f64,

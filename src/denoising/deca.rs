@@ -23,7 +23,7 @@
 //! `_on_iteration_end`). The auxiliary models use the row-sparse Adam of our MF (the authors
 //! use dense Adam) and no weight decay; the backend keeps its own L2 regularization.
 
-use crate::nn::optim::{Adam, AdamConfig};
+use crate::nn::optim::{Adam, AdamConfig, RowSlots};
 use crate::util::rng::Rng;
 
 /// `log` of the authors' code: `ln(x + 1e-5)`.
@@ -145,7 +145,7 @@ pub struct Deca {
     tables: [Vec<f32>; 3],
     /// One optimizer per model, each counting its own steps (as the authors' three).
     adams: [Adam; 3],
-    slot: Vec<u32>,
+    slots: RowSlots,
 }
 
 impl Deca {
@@ -170,7 +170,7 @@ impl Deca {
             dim,
             adams: [0, 1, 2].map(|_| Adam::new(AdamConfig::with_lr(lr), &[n])),
             tables,
-            slot: vec![u32::MAX; n_users + n_items],
+            slots: RowSlots::new(n_users + n_items),
         }
     }
 
@@ -274,19 +274,9 @@ impl Deca {
         // the batch's rows, sorted (a deterministic order for the sparse update)
         let d = self.dim;
         let nu = self.n_users as u32;
-        let mut rows: Vec<u32> = Vec::with_capacity(3 * b);
-        for k in 0..b {
-            for node in [users[k], nu + pos_items[k], nu + neg_items[k]] {
-                if self.slot[node as usize] == u32::MAX {
-                    self.slot[node as usize] = 0;
-                    rows.push(node);
-                }
-            }
-        }
-        rows.sort_unstable();
-        for (r, &node) in rows.iter().enumerate() {
-            self.slot[node as usize] = r as u32;
-        }
+        let rows = self
+            .slots
+            .assign((0..b).flat_map(|k| [users[k], nu + pos_items[k], nu + neg_items[k]]));
         let mut grads = [vec![0f32; rows.len() * d], vec![0f32; rows.len() * d]];
         for (which, (tab, grad)) in [h, 2].into_iter().zip(grads.iter_mut()).enumerate() {
             let table = &self.tables[tab];
@@ -296,7 +286,7 @@ impl Deca {
                     let node = self.n_users + item as usize;
                     let (dh, dg) = dlogit[2 * k + s];
                     let dl = if which == 0 { dh } else { dg } as f32;
-                    let (su, si) = (self.slot[u] as usize, self.slot[node] as usize);
+                    let (su, si) = (self.slots.slot(u as u32), self.slots.slot(node as u32));
                     for c in 0..d {
                         grad[su * d + c] += dl * table[node * d + c];
                         grad[si * d + c] += dl * table[u * d + c];
@@ -304,9 +294,7 @@ impl Deca {
                 }
             }
         }
-        for &node in &rows {
-            self.slot[node as usize] = u32::MAX;
-        }
+        self.slots.release(&rows);
         let [grad_h, grad_g] = grads;
         BatchGrads {
             loss,

@@ -13,7 +13,7 @@ use crate::eval::{eval_users, evaluate_queries, EarlyStop, Metrics};
 use crate::kernels::cpu::elementwise::{axpy, gather_rows, row_dots, sigmoid};
 use crate::kernels::cpu::topk::PackedItems;
 use crate::kernels::cpu::Act;
-use crate::nn::{loss, Adam, AdamConfig};
+use crate::nn::{loss, Adam, AdamConfig, RowSlots};
 use crate::util::progress;
 use crate::util::rng::Rng;
 use anyhow::{bail, Result};
@@ -323,7 +323,7 @@ pub struct JointBackend {
     graph: Option<Graph>,
     stages: Vec<usize>,
     adam: Adam,
-    slot: Vec<u32>,
+    slots: RowSlots,
     bufs: Vec<Vec<f32>>,
     tmp: Vec<f32>,
 }
@@ -336,7 +336,7 @@ impl JointBackend {
             graph: None,
             stages: vec![],
             adam: Adam::new(AdamConfig::with_lr(lr), &[n_rows * d]),
-            slot: vec![u32::MAX; n_rows],
+            slots: RowSlots::new(n_rows),
             bufs: vec![],
             tmp: vec![],
         }
@@ -350,7 +350,7 @@ impl JointBackend {
             ego,
             graph: Some(graph),
             stages,
-            slot: vec![],
+            slots: RowSlots::default(),
             bufs: vec![],
             tmp: vec![],
         }
@@ -394,28 +394,18 @@ impl JointBackend {
     ) {
         self.adam.begin_step();
         if self.graph.is_none() {
-            let mut rows: Vec<u32> = Vec::with_capacity(3 * users.len());
-            for &node in users.iter().chain(pos_n).chain(neg_n) {
-                if self.slot[node as usize] == u32::MAX {
-                    self.slot[node as usize] = 0;
-                    rows.push(node);
-                }
-            }
-            rows.sort_unstable();
-            for (k, &r) in rows.iter().enumerate() {
-                self.slot[r as usize] = k as u32;
-            }
+            let rows = self
+                .slots
+                .assign(users.iter().chain(pos_n).chain(neg_n).copied());
             let mut gr = vec![0f32; rows.len() * d];
             for (ids, src) in [(users, &g.du), (pos_n, &g.di), (neg_n, &g.dj)] {
                 for (k, &node) in ids.iter().enumerate() {
-                    let s = self.slot[node as usize] as usize;
+                    let s = self.slots.slot(node);
                     axpy(1.0, &src[k * d..(k + 1) * d], &mut gr[s * d..(s + 1) * d]);
                 }
             }
             self.adam.update_rows(0, emb, d, &rows, &gr);
-            for &r in &rows {
-                self.slot[r as usize] = u32::MAX;
-            }
+            self.slots.release(&rows);
         } else {
             let mut dense = vec![0f32; emb.len()];
             g.scatter(users, pos_n, neg_n, d, &mut dense);

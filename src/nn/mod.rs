@@ -7,4 +7,4 @@ pub mod step_embedding;
 
 pub use linear::{Linear, LinearGrad};
 pub use mlp::{Mlp, MlpCache};
-pub use optim::{Adam, AdamConfig};
+pub use optim::{Adam, AdamConfig, RowSlots};

@@ -238,3 +238,83 @@ pub fn sgd(param: &mut [f32], grad: &[f32], lr: f32, weight_decay: f32) {
         *p -= lr * (g + weight_decay * *p);
     }
 }
+
+/// The distinct rows a batch touches, sorted, and a map from row to its slot among them: how
+/// a compact gradient (`rows.len() x d`) for [`Adam::update_rows`] is laid out. The map costs
+/// one `u32` per row of the table and is reset row by row after each batch.
+#[derive(Clone, Debug, Default)]
+pub struct RowSlots {
+    slot: Vec<u32>,
+}
+
+impl RowSlots {
+    const FREE: u32 = u32::MAX;
+
+    /// A map for a table of `n_rows` rows.
+    pub fn new(n_rows: usize) -> Self {
+        RowSlots {
+            slot: vec![Self::FREE; n_rows],
+        }
+    }
+
+    /// The distinct `rows`, sorted; each gets its slot (its index in the result). Call
+    /// [`Self::release`] with the result before the next batch.
+    pub fn assign(&mut self, rows: impl IntoIterator<Item = u32>) -> Vec<u32> {
+        let mut out = Vec::new();
+        for r in rows {
+            if self.slot[r as usize] == Self::FREE {
+                self.slot[r as usize] = 0;
+                out.push(r);
+            }
+        }
+        out.sort_unstable();
+        for (k, &r) in out.iter().enumerate() {
+            self.slot[r as usize] = k as u32;
+        }
+        out
+    }
+
+    /// The slot of a row given to the last [`Self::assign`].
+    #[inline]
+    pub fn slot(&self, row: u32) -> usize {
+        debug_assert!(
+            self.slot[row as usize] != Self::FREE,
+            "row {row} has no slot"
+        );
+        self.slot[row as usize] as usize
+    }
+
+    /// Free the slots of `rows` (the result of [`Self::assign`]).
+    pub fn release(&mut self, rows: &[u32]) {
+        for &r in rows {
+            self.slot[r as usize] = Self::FREE;
+        }
+    }
+
+    /// Rows the map covers.
+    pub fn len(&self) -> usize {
+        self.slot.len()
+    }
+
+    /// Whether the map covers no row.
+    pub fn is_empty(&self) -> bool {
+        self.slot.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod row_slots_tests {
+    use super::RowSlots;
+
+    #[test]
+    fn assigns_sorted_distinct_rows_and_releases_them() {
+        let mut s = RowSlots::new(10);
+        let rows = s.assign([7, 2, 7, 9, 2, 0]);
+        assert_eq!(rows, [0, 2, 7, 9]);
+        assert_eq!([s.slot(0), s.slot(2), s.slot(7), s.slot(9)], [0, 1, 2, 3]);
+        s.release(&rows);
+        // every row is free again: a new batch starts from scratch
+        assert_eq!(s.assign([9, 3]), [3, 9]);
+        assert_eq!((s.slot(3), s.slot(9)), (0, 1));
+    }
+}
