@@ -3,7 +3,9 @@
 
 use ddrm::data::{Csr, DuplicatePolicy};
 use ddrm::kernels::cpu::elementwise as ew;
-use ddrm::kernels::cpu::gemm::{gemm_ex, gemm_ex_col_sums, gemm_reference, Act, Epilogue};
+use ddrm::kernels::cpu::gemm::{
+    gemm_ex, gemm_ex_block_outer, gemm_ex_col_sums, gemm_reference, Act, Epilogue,
+};
 use ddrm::kernels::cpu::spmm::{spmm, spmm_reference, spmm_with, SparseMatrix};
 use ddrm::kernels::cpu::topk::{fused_topk, topk_reference, PackedItems};
 use ddrm::kernels::cpu::Isa;
@@ -91,6 +93,26 @@ proptest! {
                 Epilogue { grad_of: Some((&y, act)), ..Epilogue::NONE }, &mut sums);
             prop_assert_eq!(got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), want.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), "{:?} {:?} m{} n{} k{}", isa, act, m, n, k);
             prop_assert_eq!(sums.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), want_sums.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), "sums {:?} m{} n{} k{}", isa, m, n, k);
+        }
+    }
+
+    #[test]
+    fn deep_k_order_equals_block_outer_order(
+        m in 1usize..80, n in 1usize..70, k in 257usize..1100, ta: bool, tb: bool, seed in 0u64..1000,
+        beta in prop::sample::select(vec![0.0f32, 1.0, -0.5]),
+        act in prop::sample::select(vec![Act::None, Act::Tanh])
+    ) {
+        // K over one block: the deep-K order (C tiles kept across blocks, B packed to full
+        // depth) sums the same products in the same order as the block-outer one
+        let mut r = ddrm::util::rng::Rng::new(seed);
+        let mut rv = |len: usize| (0..len).map(|_| r.uniform_f32() * 2.0 - 1.0).collect::<Vec<f32>>();
+        let (a, b, c0, bias) = (rv(m * k), rv(k * n), rv(m * n), rv(n));
+        let epi = Epilogue { bias: Some(&bias), act, grad_of: None };
+        for isa in Isa::available() {
+            let (mut x, mut y) = (c0.clone(), c0.clone());
+            gemm_ex(isa, ta, tb, m, n, k, 0.7, &a, &b, beta, &mut x, epi);
+            gemm_ex_block_outer(isa, ta, tb, m, n, k, 0.7, &a, &b, beta, &mut y, epi);
+            prop_assert_eq!(x.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), y.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), "{:?} m{} n{} k{}", isa, m, n, k);
         }
     }
 
