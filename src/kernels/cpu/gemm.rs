@@ -323,32 +323,12 @@ fn gemm_core(
                     .enumerate()
                     .for_each(|(ip, dst)| pack_a(a, ta, m, k, ip * MR, pc, kc, dst));
             }
-            if let Some(sums) = b_col_sums.as_deref_mut() {
-                // blocks of K in order, rows in order within a block: column sums in row order
-                bp[..n_panels * NR * kc]
-                    .par_chunks_mut(NR * kc)
-                    .zip(sums[jc..jc + nc].par_chunks_mut(NR))
-                    .enumerate()
-                    .for_each(|(jp, (dst, s))| {
-                        pack_b(b, tb, n, k, jc + jp * NR, jc + nc, pc, kc, dst);
-                        for p in 0..kc {
-                            for (sv, &v) in s.iter_mut().zip(&dst[p * NR..(p + 1) * NR]) {
-                                *sv += v;
-                            }
-                        }
-                    });
-            } else {
-                bp[..n_panels * NR * kc]
-                    .par_chunks_mut(NR * kc)
-                    .enumerate()
-                    .for_each(|(jp, dst)| pack_b(b, tb, n, k, jc + jp * NR, jc + nc, pc, kc, dst));
-            }
+            // blocks of K in order, rows in order within a block: column sums in row order
+            let sums = b_col_sums.as_deref_mut().map(|s| &mut s[jc..jc + nc]);
+            pack_b_panels(b, tb, n, k, jc, nc, pc, kc, &mut bp, sums);
             let beta_eff = if pc == 0 { beta } else { 1.0 };
             let last = pc + kc == k;
-            let m_blocks = m.div_ceil(MC);
-            let n_chunks = (4 * threads).div_ceil(m_blocks).clamp(1, n_panels);
-            let panels_per_chunk = n_panels.div_ceil(n_chunks);
-            let n_chunks = n_panels.div_ceil(panels_per_chunk);
+            let (m_blocks, n_chunks, panels_per_chunk) = task_grid(m, n_panels, threads);
             let (ap, bp) = (&ap, &bp);
             (0..m_blocks * n_chunks).into_par_iter().for_each(|task| {
                 let (mb, nb) = (task / n_chunks, task % n_chunks);
@@ -376,32 +356,19 @@ fn gemm_core(
                                 } else {
                                     (ip * MR * k + pc, k, 1)
                                 };
-                                if cols == NR {
-                                    avx2::kernel_to_c(
-                                        kc,
-                                        a.as_ptr().add(off),
-                                        rs,
-                                        cs,
-                                        b_panel.as_ptr(),
-                                        cp,
-                                        n,
-                                        alpha,
-                                        beta_eff,
-                                    );
-                                } else {
-                                    // partial columns: A still read in place, the tile kept
-                                    // in registers, only the valid columns written
-                                    let mut tile = [0f32; MR * NR];
-                                    avx2::kernel_strided(
-                                        kc,
-                                        a.as_ptr().add(off),
-                                        rs,
-                                        cs,
-                                        b_panel.as_ptr(),
-                                        &mut tile,
-                                    );
-                                    write_tile(&tile, cp, n, rows, cols, alpha, beta_eff);
-                                }
+                                avx2::tile(
+                                    kc,
+                                    a.as_ptr().add(off),
+                                    rs,
+                                    cs,
+                                    b_panel,
+                                    cp,
+                                    n,
+                                    rows,
+                                    cols,
+                                    alpha,
+                                    beta_eff,
+                                );
                                 continue;
                             }
                             micro_kernel(
@@ -410,16 +377,10 @@ fn gemm_core(
                         }
                     }
                 }
-                if last && !epi.is_none() {
-                    let c0 = jc + jp0 * NR;
-                    let c1 = (jc + jp1 * NR).min(jc + nc);
-                    for i in i0..i1 {
-                        // SAFETY: same disjoint region as above.
-                        let row = unsafe {
-                            std::slice::from_raw_parts_mut(cptr.get().add(i * n + c0), c1 - c0)
-                        };
-                        apply_epilogue(row, epi_cols(epi, c0, c1), i * n + c0);
-                    }
+                if last {
+                    let cols = jc + jp0 * NR..(jc + jp1 * NR).min(jc + nc);
+                    // SAFETY: same disjoint region as above.
+                    unsafe { epilogue_region(cptr.get(), n, i0..i1, cols, epi) };
                 }
             });
         }
@@ -460,29 +421,9 @@ fn deep_k(
     }
     bp.resize(bp.len().max(n_panels * NR * k), 0.0);
     // B panels to full depth; the column sums in row order, panel by panel
-    match b_col_sums {
-        Some(sums) => bp[..n_panels * NR * k]
-            .par_chunks_mut(NR * k)
-            .zip(sums.par_chunks_mut(NR))
-            .enumerate()
-            .for_each(|(jp, (dst, s))| {
-                pack_b(b, tb, n, k, jp * NR, n, 0, k, dst);
-                for p in 0..k {
-                    for (sv, &v) in s.iter_mut().zip(&dst[p * NR..(p + 1) * NR]) {
-                        *sv += v;
-                    }
-                }
-            }),
-        None => bp[..n_panels * NR * k]
-            .par_chunks_mut(NR * k)
-            .enumerate()
-            .for_each(|(jp, dst)| pack_b(b, tb, n, k, jp * NR, n, 0, k, dst)),
-    }
+    pack_b_panels(b, tb, n, k, 0, n, 0, k, &mut bp, b_col_sums);
     let cptr = SendPtr(c.as_mut_ptr());
-    let m_blocks = m.div_ceil(MC);
-    let n_chunks = (4 * threads).div_ceil(m_blocks).clamp(1, n_panels);
-    let panels_per_chunk = n_panels.div_ceil(n_chunks);
-    let n_chunks = n_panels.div_ceil(panels_per_chunk);
+    let (m_blocks, n_chunks, panels_per_chunk) = task_grid(m, n_panels, threads);
     let (apv, bpv) = (ap, bp);
     let (ap, bp) = (&apv, &bpv);
     (0..m_blocks * n_chunks).into_par_iter().for_each(|task| {
@@ -511,39 +452,88 @@ fn deep_k(
                         } else {
                             (a.as_ptr().add(ip * MR * k + pc), k, 1)
                         };
-                        if rows == MR && cols == NR {
-                            avx2::kernel_to_c(
-                                kc,
-                                ptr,
-                                rs,
-                                cs,
-                                b_panel.as_ptr(),
-                                cp,
-                                n,
-                                alpha,
-                                beta_eff,
-                            );
-                        } else {
-                            let mut tile = [0f32; MR * NR];
-                            avx2::kernel_strided(kc, ptr, rs, cs, b_panel.as_ptr(), &mut tile);
-                            write_tile(&tile, cp, n, rows, cols, alpha, beta_eff);
-                        }
+                        avx2::tile(kc, ptr, rs, cs, b_panel, cp, n, rows, cols, alpha, beta_eff);
                     }
                 }
             }
         }
-        if !epi.is_none() {
-            let c0 = jp0 * NR;
-            let c1 = (jp1 * NR).min(n);
-            for i in i0..i1 {
-                // SAFETY: same disjoint region as above.
-                let row =
-                    unsafe { std::slice::from_raw_parts_mut(cptr.get().add(i * n + c0), c1 - c0) };
-                apply_epilogue(row, epi_cols(epi, c0, c1), i * n + c0);
-            }
-        }
+        // SAFETY: same disjoint region as above.
+        unsafe { epilogue_region(cptr.get(), n, i0..i1, jp0 * NR..(jp1 * NR).min(n), epi) };
     });
     PACK.with(|p| *p.borrow_mut() = (apv, bpv));
+}
+
+/// Pack the NR-column panels of `op(B)`'s columns `jc..jc + nc`, rows `p0..p0 + kc`, into
+/// `dst` (panel after panel, `kc x NR` each), in parallel over panels. With `sums` (length
+/// `nc`), each column's packed entries are added to it in row order.
+#[allow(clippy::too_many_arguments)]
+fn pack_b_panels(
+    b: &[f32],
+    tb: bool,
+    n: usize,
+    k: usize,
+    jc: usize,
+    nc: usize,
+    p0: usize,
+    kc: usize,
+    dst: &mut [f32],
+    sums: Option<&mut [f32]>,
+) {
+    let n_panels = nc.div_ceil(NR);
+    let panels = dst[..n_panels * NR * kc].par_chunks_mut(NR * kc);
+    match sums {
+        Some(sums) => panels
+            .zip(sums.par_chunks_mut(NR))
+            .enumerate()
+            .for_each(|(jp, (d, s))| {
+                pack_b(b, tb, n, k, jc + jp * NR, jc + nc, p0, kc, d);
+                for p in 0..kc {
+                    for (sv, &v) in s.iter_mut().zip(&d[p * NR..(p + 1) * NR]) {
+                        *sv += v;
+                    }
+                }
+            }),
+        None => panels
+            .enumerate()
+            .for_each(|(jp, d)| pack_b(b, tb, n, k, jc + jp * NR, jc + nc, p0, kc, d)),
+    }
+}
+
+/// The tasks over C: blocks of MC rows times chunks of column panels, about four tasks per
+/// thread. Returns (row blocks, panel chunks, panels per chunk).
+fn task_grid(m: usize, n_panels: usize, threads: usize) -> (usize, usize, usize) {
+    let m_blocks = m.div_ceil(MC);
+    let n_chunks = (4 * threads).div_ceil(m_blocks).clamp(1, n_panels);
+    let panels_per_chunk = n_panels.div_ceil(n_chunks);
+    (
+        m_blocks,
+        n_panels.div_ceil(panels_per_chunk),
+        panels_per_chunk,
+    )
+}
+
+/// Apply `epi` to the `rows x cols` region of C (row stride `ldc`), once its product is done.
+///
+/// # Safety
+/// `c` must be valid for that region, and no other thread may access it meanwhile.
+unsafe fn epilogue_region(
+    c: *mut f32,
+    ldc: usize,
+    rows: std::ops::Range<usize>,
+    cols: std::ops::Range<usize>,
+    epi: Epilogue,
+) {
+    if epi.is_none() {
+        return;
+    }
+    for i in rows {
+        let row = std::slice::from_raw_parts_mut(c.add(i * ldc + cols.start), cols.len());
+        apply_epilogue(
+            row,
+            epi_cols(epi, cols.start, cols.end),
+            i * ldc + cols.start,
+        );
+    }
 }
 
 thread_local! {
@@ -757,6 +747,34 @@ mod avx2 {
                 };
                 _mm256_storeu_ps(cp, v);
             }
+        }
+    }
+
+    /// One `rows x cols` tile (at most MR x NR) with A read through `(a, rs, cs)` (see
+    /// [`kernel_strided`]): a full tile straight into C, a partial one kept in registers and
+    /// only its valid part written.
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    pub unsafe fn tile(
+        kc: usize,
+        a: *const f32,
+        rs: usize,
+        cs: usize,
+        b_panel: &[f32],
+        c: *mut f32,
+        ldc: usize,
+        rows: usize,
+        cols: usize,
+        alpha: f32,
+        beta: f32,
+    ) {
+        debug_assert!(b_panel.len() >= kc * NR);
+        if rows == MR && cols == NR {
+            kernel_to_c(kc, a, rs, cs, b_panel.as_ptr(), c, ldc, alpha, beta);
+        } else {
+            let mut t = [0f32; MR * NR];
+            kernel_strided(kc, a, rs, cs, b_panel.as_ptr(), &mut t);
+            super::write_tile(&t, c, ldc, rows, cols, alpha, beta);
         }
     }
 
