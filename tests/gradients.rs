@@ -888,3 +888,380 @@ mod deca {
         }
     }
 }
+
+#[allow(clippy::needless_range_loop)]
+mod adagcl {
+    use super::*;
+    use ddrm::denoising::adagcl::contrast::contrast_loss;
+    use ddrm::denoising::adagcl::edge_mask::{EdgeMasker, GateConfig};
+    use ddrm::denoising::adagcl::graph::{propagation_backward, LoopGraph, Propagation};
+    use ddrm::denoising::adagcl::vgae::Vgae;
+    use ddrm::kernels::cpu::spmm::SparseMatrix;
+
+    /// A random bipartite graph with self-loops: `nu` users, `ni` items.
+    fn tiny_graph(nu: usize, ni: usize, seed: u64) -> LoopGraph {
+        let mut r = Rng::new(seed);
+        let mut adj = vec![vec![false; ni]; nu];
+        for (u, row) in adj.iter_mut().enumerate() {
+            row[(u + seed as usize) % ni] = true; // every user has an item
+            for v in row.iter_mut() {
+                if r.uniform() < 0.4 {
+                    *v = true;
+                }
+            }
+        }
+        let mut indptr = vec![0u32];
+        let mut indices = Vec::new();
+        for (u, row) in adj.iter().enumerate() {
+            indices.push(u as u32);
+            for (i, &on) in row.iter().enumerate() {
+                if on {
+                    indices.push((nu + i) as u32);
+                }
+            }
+            indptr.push(indices.len() as u32);
+        }
+        for i in 0..ni {
+            for (u, row) in adj.iter().enumerate() {
+                if row[i] {
+                    indices.push(u as u32);
+                }
+            }
+            indices.push((nu + i) as u32);
+            indptr.push(indices.len() as u32);
+        }
+        LoopGraph::from_structure(nu, nu + ni, indptr, indices)
+    }
+
+    fn sp64(x: f64) -> f64 {
+        x.max(0.0) + (-x.abs()).exp().ln_1p()
+    }
+    fn sig64(x: f64) -> f64 {
+        1.0 / (1.0 + (-x).exp())
+    }
+    fn relu64(x: f64) -> f64 {
+        x.max(0.0)
+    }
+
+    /// y = act(x W + b) for one row.
+    fn lin64(x: &[f64], w: &[f64], b: &[f64], relu: bool) -> Vec<f64> {
+        let dout = b.len();
+        (0..dout)
+            .map(|t| {
+                let v = (0..x.len()).map(|k| x[k] * w[k * dout + t]).sum::<f64>() + b[t];
+                if relu {
+                    relu64(v)
+                } else {
+                    v
+                }
+            })
+            .collect()
+    }
+
+    fn spmm64(g: &LoopGraph, vals: &[f64], x: &[Vec<f64>]) -> Vec<Vec<f64>> {
+        let d = x[0].len();
+        (0..g.n_nodes())
+            .map(|r| {
+                let mut out = vec![0f64; d];
+                for e in g.adj.indptr[r] as usize..g.adj.indptr[r + 1] as usize {
+                    let c = g.adj.indices[e] as usize;
+                    for t in 0..d {
+                        out[t] += vals[e] * x[c][t];
+                    }
+                }
+                out
+            })
+            .collect()
+    }
+
+    fn bpr64(out: &[Vec<f64>], nu: usize, users: &[u32], pos: &[u32], neg: &[u32], bn: f64) -> f64 {
+        (0..users.len())
+            .map(|k| {
+                let (u, i, j) = (
+                    users[k] as usize,
+                    nu + pos[k] as usize,
+                    nu + neg[k] as usize,
+                );
+                let diff: f64 = (0..out[0].len())
+                    .map(|t| out[u][t] * (out[i][t] - out[j][t]))
+                    .sum();
+                sp64(-diff) / bn
+            })
+            .sum()
+    }
+
+    fn rows64(x: &[f32], d: usize) -> Vec<Vec<f64>> {
+        x.chunks(d).map(to64).collect()
+    }
+
+    /// FD of `f` at every element of every tensor, against the analytic gradients.
+    fn check_all(
+        params: &[Vec<f64>],
+        grads: &[&Vec<f32>],
+        f: &dyn Fn(&[Vec<f64>]) -> f64,
+        what: &str,
+    ) -> Result<(), TestCaseError> {
+        prop_assert_eq!(params.len(), grads.len());
+        for (k, p) in params.iter().enumerate() {
+            for e in 0..p.len() {
+                let mut a = params.to_vec();
+                let mut m = params.to_vec();
+                a[k][e] += H;
+                m[k][e] -= H;
+                let fd = (f(&a) - f(&m)) / (2.0 * H);
+                assert_grad(grads[k][e], fd, &format!("{what}: tensor {k} element {e}"))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn batch(nu: usize, ni: usize, b: usize, seed: u64) -> (Vec<u32>, Vec<u32>, Vec<u32>) {
+        let mut r = Rng::new(seed ^ 0xBA7C);
+        let users = (0..b).map(|_| r.index(nu) as u32).collect();
+        let pos = (0..b).map(|_| r.index(ni) as u32).collect();
+        let neg = (0..b).map(|_| r.index(ni) as u32).collect();
+        (users, pos, neg)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 24, .. ProptestConfig::default() })]
+
+        #[test]
+        fn contrast_gradients_match_fd(n in 2usize..7, d in 1usize..5, seed in 0u64..1000,
+            tau in 0.2f32..1.0, scale in 0.1f32..2.0) {
+            let mut r = Rng::new(seed);
+            let a: Vec<f32> = (0..n * d).map(|_| r.uniform_f32() * 2.0 - 1.0).collect();
+            let b: Vec<f32> = (0..n * d).map(|_| r.uniform_f32() * 2.0 - 1.0).collect();
+            let (mut da, mut db) = (vec![0f32; n * d], vec![0f32; n * d]);
+            let got = contrast_loss(&a, &b, d, tau, scale, &mut da, Some(&mut db));
+            let reference = |p: &[Vec<f64>]| -> f64 {
+                let norm = |x: &[f64]| -> Vec<Vec<f64>> {
+                    x.chunks(d).map(|row| {
+                        let nr = row.iter().map(|v| v * v).sum::<f64>().sqrt().max(1e-12);
+                        row.iter().map(|v| v / nr).collect()
+                    }).collect()
+                };
+                let (ah, bh) = (norm(&p[0]), norm(&p[1]));
+                let s = |i: usize, j: usize| (0..d).map(|t| ah[i][t] * bh[j][t]).sum::<f64>() / tau as f64;
+                (0..n).map(|i| {
+                    let z: f64 = (0..n).filter(|&j| j != i).map(|j| s(i, j).exp()).sum();
+                    z.ln() - s(i, i)
+                }).sum::<f64>() / n as f64 * scale as f64
+            };
+            let params = vec![to64(&a), to64(&b)];
+            let want = reference(&params) / scale as f64;
+            prop_assert!((got - want).abs() < 1e-5 * (1.0 + want.abs()), "loss {} vs {}", got, want);
+            check_all(&params, &[&da, &db], &reference, "contrast")?;
+            // without db, da is the same
+            let mut da2 = vec![0f32; n * d];
+            contrast_loss(&a, &b, d, tau, scale, &mut da2, None);
+            prop_assert_eq!(da2, da);
+        }
+
+        #[test]
+        fn propagation_backward_matches_fd(seed in 0u64..1000, layers in 1usize..4, d in 1usize..4) {
+            let g = tiny_graph(3, 4, seed);
+            let n = g.n_nodes();
+            let mut r = Rng::new(seed ^ 0x9909);
+            // asymmetric values: the backward needs the transposes
+            let mats: Vec<SparseMatrix> = (0..layers)
+                .map(|_| g.with_values((0..g.nnz()).map(|_| r.uniform_f32()).collect()))
+                .collect();
+            let mut tr: Vec<SparseMatrix> = Vec::new();
+            for m in &mats {
+                let mut t = g.adj.clone();
+                g.transpose_values(m, &mut t);
+                tr.push(t);
+            }
+            let e0: Vec<f32> = (0..n * d).map(|_| r.uniform_f32() - 0.5).collect();
+            let c: Vec<f32> = (0..n * d).map(|_| r.uniform_f32() - 0.5).collect();
+            let refs: Vec<&SparseMatrix> = mats.iter().collect();
+            let out = Propagation::run(&e0, d, &refs).sum();
+            prop_assert_eq!(out.len(), n * d);
+            let trefs: Vec<&SparseMatrix> = tr.iter().collect();
+            let grad = propagation_backward(&c, d, &trefs);
+            let f = |p: &[Vec<f64>]| -> f64 {
+                let mut x: Vec<Vec<f64>> = p[0].chunks(d).map(|r| r.to_vec()).collect();
+                let mut sum = x.clone();
+                for m in &mats {
+                    x = spmm64(&g, &to64(&m.values), &x);
+                    for (s, v) in sum.iter_mut().zip(&x) {
+                        for t in 0..d { s[t] += v[t]; }
+                    }
+                }
+                sum.iter().flatten().zip(&c).map(|(a, &b)| a * b as f64).sum()
+            };
+            check_all(&[to64(&e0)], &[&grad], &f, "propagation")?;
+        }
+
+        #[test]
+        fn edge_masker_gradients_match_fd(seed in 0u64..1000, beta in 0.3f32..2.0, b in 1usize..4) {
+            let (nu, ni, d, nl) = (2usize, 3usize, 3usize, 2usize);
+            let g = tiny_graph(nu, ni, seed);
+            let n = g.n_nodes();
+            let mut r = Rng::new(seed ^ 0xED6E);
+            let gate = GateConfig { gamma: -0.45, zeta: 1.05, lambda0: 0.05 };
+            let masker = EdgeMasker::new(d, nl, gate, &mut r);
+            let x0: Vec<f32> = (0..n * d).map(|_| r.uniform_f32() * 2.0 - 1.0).collect();
+            let noise: Vec<Vec<f32>> = (0..nl)
+                .map(|_| (0..g.nnz()).map(|_| 0.05 + 0.9 * r.uniform_f32()).collect())
+                .collect();
+            let (users, pos, neg) = batch(nu, ni, b, seed);
+            let (bn, reg) = (4usize, 0.01f32);
+            let mut grads = masker.zero_grads();
+            let lo = masker.loss_and_grads(&g, &x0, &noise, beta, &users, &pos, &neg, bn, reg, &mut grads);
+            let (gm, zt, l0w) = (gate.gamma as f64, gate.zeta as f64, gate.lambda0 as f64);
+            let beta64 = beta as f64;
+            let f = |p: &[Vec<f64>]| -> f64 {
+                let mut x = rows64(&x0, d);
+                let mut sum = x.clone();
+                let mut l0 = 0f64;
+                for l in 0..nl {
+                    let (nbw, nbb) = (&p[2 * l], &p[2 * l + 1]);
+                    let (sw, sb) = (&p[2 * nl + 2 * l], &p[2 * nl + 2 * l + 1]);
+                    let (aw, ab) = (&p[4 * nl + 2 * l], &p[4 * nl + 2 * l + 1]);
+                    let pv: Vec<f64> = x.iter().map(|row| {
+                        lin64(row, nbw, nbb, true).iter().zip(&aw[..d]).map(|(h, a)| h * a).sum()
+                    }).collect();
+                    let qv: Vec<f64> = x.iter().map(|row| {
+                        lin64(row, sw, sb, true).iter().zip(&aw[d..]).map(|(h, a)| h * a).sum()
+                    }).collect();
+                    let mut m = vec![0f64; g.nnz()];
+                    for e in 0..g.nnz() {
+                        let (rr, cc) = (g.rows[e] as usize, g.adj.indices[e] as usize);
+                        let w = pv[rr] + qv[cc] + ab[0];
+                        let u = noise[l][e] as f64;
+                        let gt = sig64(((u.ln() - (1.0 - u).ln()) + w) / beta64);
+                        m[e] = (gt * (zt - gm) + gm).clamp(0.0, 1.0);
+                        l0 += sig64(w - beta64 * (-gm / zt).ln()) / g.nnz() as f64;
+                    }
+                    let dis: Vec<f64> = (0..n).map(|rr| {
+                        let s: f64 = (g.adj.indptr[rr] as usize..g.adj.indptr[rr + 1] as usize).map(|e| m[e]).sum::<f64>() + 1e-6;
+                        (1.0 / s.sqrt()).min(10.0)
+                    }).collect();
+                    let vals: Vec<f64> = (0..g.nnz()).map(|e| {
+                        m[e] * dis[g.rows[e] as usize] * dis[g.adj.indices[e] as usize]
+                    }).collect();
+                    x = spmm64(&g, &vals, &x);
+                    for (s, v) in sum.iter_mut().zip(&x) {
+                        for t in 0..d { s[t] += v[t]; }
+                    }
+                }
+                let sq: f64 = p.iter().flatten().map(|v| v * v).sum();
+                bpr64(&sum, nu, &users, &pos, &neg, bn as f64) + reg as f64 * sq + l0w * l0
+            };
+            let mut mm = masker.clone();
+            let params: Vec<Vec<f64>> = mm.tensors_mut().iter().map(|t| to64(t)).collect();
+            let want = f(&params);
+            prop_assert!((lo.total() - want).abs() < 1e-5 * (1.0 + want.abs()), "loss {} vs {}", lo.total(), want);
+            check_all(&params, &EdgeMasker::grad_tensors(&grads), &f, "edge masker")?;
+        }
+
+        #[test]
+        fn vgae_gradients_match_fd(seed in 0u64..1000, b in 1usize..4, layers in 1usize..3) {
+            let (nu, ni, d) = (2usize, 3usize, 3usize);
+            let g = tiny_graph(nu, ni, seed);
+            let n = g.n_nodes();
+            let mut r = Rng::new(seed ^ 0x76AE);
+            let vgae = Vgae::new(nu, n, d, layers, &mut r);
+            let eps: Vec<f32> = (0..n * d).map(|_| r.uniform_f32() * 2.0 - 1.0).collect();
+            let (users, pos, neg) = batch(nu, ni, b, seed);
+            let (bn, reg) = (4usize, 0.01f32);
+            let mut grads = vgae.zero_grads();
+            let lo = vgae.loss_and_grads(&g, &eps, &users, &pos, &neg, bn, reg, &mut grads);
+            let adj = to64(&g.adj.values);
+            let f = |p: &[Vec<f64>]| -> f64 {
+                let mut x = p[0].chunks(d).map(|r| r.to_vec()).collect::<Vec<_>>();
+                let mut sum = x.clone();
+                for _ in 0..layers {
+                    x = spmm64(&g, &adj, &x);
+                    for (s, v) in sum.iter_mut().zip(&x) {
+                        for t in 0..d { s[t] += v[t]; }
+                    }
+                }
+                let w = |k: usize| (&p[1 + 2 * k], &p[2 + 2 * k]);
+                let mut z = Vec::new();
+                let mut kl = 0f64;
+                for (node, row) in sum.iter().enumerate() {
+                    let (w0, b0) = w(0);
+                    let (w1, b1) = w(1);
+                    let (w2, b2) = w(2);
+                    let (w3, b3) = w(3);
+                    let mean = lin64(&lin64(row, w0, b0, true), w1, b1, false);
+                    let sd: Vec<f64> = lin64(&lin64(row, w2, b2, true), w3, b3, false).iter().map(|&v| sp64(v)).collect();
+                    let zr: Vec<f64> = (0..d).map(|t| mean[t] + eps[node * d + t] as f64 * sd[t]).collect();
+                    kl += (0..d).map(|t| -0.5 * (1.0 + 2.0 * sd[t].ln() - mean[t] * mean[t] - sd[t] * sd[t])).sum::<f64>();
+                    z.push(zr);
+                }
+                let kl = 0.1 * kl / n as f64;
+                let dec = |a: usize, c: usize| -> f64 {
+                    let inp: Vec<f64> = (0..d).map(|t| relu64(z[a][t] * z[c][t])).collect();
+                    let (w4, b4) = w(4);
+                    let (w5, b5) = w(5);
+                    lin64(&lin64(&inp, w4, b4, true), w5, b5, false)[0]
+                };
+                let mut rec = 0f64;
+                for k in 0..b {
+                    let (u, i, j) = (users[k] as usize, nu + pos[k] as usize, nu + neg[k] as usize);
+                    let (lp, ln) = (dec(u, i), dec(u, j));
+                    rec += sp64(lp) - lp + sp64(ln);
+                }
+                rec /= b as f64;
+                let mut sq: f64 = p[0].iter().map(|v| v * v).sum();
+                for t in p.iter().take(9).skip(1) {
+                    sq += t.iter().map(|v| v * v).sum::<f64>();
+                }
+                rec + kl + bpr64(&z, nu, &users, &pos, &neg, bn as f64) + reg as f64 * sq
+            };
+            let mut vv = vgae.clone();
+            let params: Vec<Vec<f64>> = vv.tensors_mut().iter().map(|t| to64(t)).collect();
+            let want = f(&params);
+            prop_assert!((lo.total() - want).abs() < 1e-5 * (1.0 + want.abs()), "loss {} vs {}", lo.total(), want);
+            check_all(&params, &Vgae::grad_tensors(&grads), &f, "vgae")?;
+        }
+    }
+
+    /// View 1 keeps mirrored entries together and rescales what it keeps by nnz / kept.
+    #[test]
+    fn vgae_view_is_symmetric_and_rescaled() {
+        for seed in 0..20 {
+            let g = tiny_graph(3, 4, seed);
+            let mut r = Rng::new(seed);
+            let vgae = Vgae::new(3, g.n_nodes(), 4, 2, &mut r);
+            let mut eps = vec![0f32; g.n_nodes() * 4];
+            r.fill_normal(&mut eps, 1.0);
+            let (v, kept) = vgae.view_values(&g, &eps);
+            assert_eq!(v.iter().filter(|&&x| x != 0.0).count(), kept);
+            for e in 0..g.nnz() {
+                assert_eq!(
+                    v[e], v[g.mirror[e] as usize],
+                    "entry {e} and its mirror differ"
+                );
+                if v[e] != 0.0 {
+                    let want = g.adj.values[e] * (g.nnz() as f32 / kept as f32);
+                    assert!((v[e] - want).abs() <= 1e-6 * want, "{} vs {}", v[e], want);
+                }
+            }
+        }
+    }
+
+    /// The self-looped graph: each row holds its self-loop, mirrors point back, and the
+    /// values are 1/sqrt(deg_r deg_c).
+    #[test]
+    fn loop_graph_structure() {
+        let g = tiny_graph(4, 5, 7);
+        for e in 0..g.nnz() {
+            let m = g.mirror[e] as usize;
+            assert_eq!(g.mirror[m] as usize, e);
+            assert_eq!(g.rows[m], g.adj.indices[e]);
+            assert_eq!(g.adj.indices[m], g.rows[e]);
+            let deg = |r: u32| (g.adj.indptr[r as usize + 1] - g.adj.indptr[r as usize]) as f64;
+            let want = 1.0 / (deg(g.rows[e]) * deg(g.adj.indices[e])).sqrt();
+            assert!((g.adj.values[e] as f64 - want).abs() < 1e-7);
+        }
+        for r in 0..g.n_nodes() {
+            let row = &g.adj.indices[g.adj.indptr[r] as usize..g.adj.indptr[r + 1] as usize];
+            assert!(row.contains(&(r as u32)), "row {r} lacks its self-loop");
+        }
+    }
+}

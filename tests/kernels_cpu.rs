@@ -150,6 +150,26 @@ proptest! {
     }
 
     #[test]
+    fn exp_shifted_sum_matches_scalar(x in prop::collection::vec(prop_oneof![-10f32..10.0, -200f32..200.0], 0..70),
+        shift in -5f32..5.0) {
+        let mut base = x.clone();
+        let z = ew::exp_shifted_sum_with(Isa::Portable, &mut base, shift);
+        let mut want = 0f64;
+        for (k, &v) in x.iter().enumerate() {
+            let e = (((v - shift).clamp(-87.3, 88.3)) as f64).exp();
+            prop_assert!(close(base[k], e, 1e-37, 3e-7), "exp({} - {}) = {} vs {}", v, shift, base[k], e);
+            want += e;
+        }
+        prop_assert!((z - want).abs() <= 1e-6 * want.abs() + 1e-30, "sum {} vs {}", z, want);
+        for isa in Isa::available() {
+            let mut y = x.clone();
+            let zi = ew::exp_shifted_sum_with(isa, &mut y, shift);
+            prop_assert_eq!(zi.to_bits(), z.to_bits(), "sum on {} differs", isa.name());
+            prop_assert!(y.iter().zip(&base).all(|(a, b)| a.to_bits() == b.to_bits()), "terms on {} differ", isa.name());
+        }
+    }
+
+    #[test]
     fn activation_backward_matches_scalar(y in vecf(37, 1.0), g in vecf(37, 3.0),
         act in prop::sample::select(vec![Act::None, Act::Relu, Act::Tanh, Act::Sigmoid])) {
         let mut got = g.clone();

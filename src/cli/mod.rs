@@ -1,5 +1,6 @@
 //! The `ddrm` command line (a thin layer over the library).
 
+pub mod adagcl_cmd;
 mod bench_cmd;
 pub mod cdae_cmd;
 mod data_cmd;

@@ -105,6 +105,9 @@ pub struct TrainArgs {
     /// CDAE options.
     #[command(flatten)]
     pub cdae: crate::cli::cdae_cmd::CdaeArgs,
+    /// AdaGCL options.
+    #[command(flatten)]
+    pub adagcl: crate::cli::adagcl_cmd::AdaGclArgs,
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
@@ -125,6 +128,8 @@ pub enum ModelName {
     Diffrec,
     /// CDAE (a comparison system: collaborative denoising auto-encoder).
     Cdae,
+    /// AdaGCL (a comparison system: graph contrastive learning between two learned views).
+    Adagcl,
 }
 
 impl ModelName {
@@ -134,7 +139,7 @@ impl ModelName {
             ModelName::Mf => Some(Backend::Mf),
             ModelName::Lightgcn => Some(Backend::Lightgcn),
             ModelName::Sgl => Some(Backend::Sgl),
-            ModelName::Multivae | ModelName::Diffrec | ModelName::Cdae => None,
+            ModelName::Multivae | ModelName::Diffrec | ModelName::Cdae | ModelName::Adagcl => None,
         }
     }
 
@@ -144,6 +149,7 @@ impl ModelName {
             ModelName::Multivae => "MultiVAE",
             ModelName::Diffrec => "DiffRec",
             ModelName::Cdae => "CDAE",
+            ModelName::Adagcl => "AdaGCL",
             m => m.backend().map_or("?", |b| b.label()),
         }
     }
@@ -319,7 +325,10 @@ pub fn run_train(a: &TrainArgs, quiet: bool) -> Result<RunResult> {
         )?;
         return crate::cli::ddrm_cmd::run_train_ddrm(cfg, &from, &a.out, quiet);
     }
-    if let Some(m @ (ModelName::Multivae | ModelName::Diffrec | ModelName::Cdae)) = a.model {
+    if let Some(
+        m @ (ModelName::Multivae | ModelName::Diffrec | ModelName::Cdae | ModelName::Adagcl),
+    ) = a.model
+    {
         if a.denoise.is_some() || a.ddrm.from.is_some() {
             bail!(
                 "--denoise and --from apply to the embedding backends (mf, lightgcn, sgl), not {}",
@@ -330,6 +339,7 @@ pub fn run_train(a: &TrainArgs, quiet: bool) -> Result<RunResult> {
         return match m {
             ModelName::Multivae => crate::cli::multivae_cmd::run_train_multivae(a, quiet),
             ModelName::Diffrec => crate::cli::diffrec_cmd::run_train_diffrec(a, quiet),
+            ModelName::Adagcl => crate::cli::adagcl_cmd::run_train_adagcl(a, quiet),
             _ => crate::cli::cdae_cmd::run_train_cdae(a, quiet),
         };
     }

@@ -1,7 +1,9 @@
 //! The paper's comparison systems that are not DDRM: the loss-level denoising baselines T-CE,
-//! R-CE (backend objectives, [`objective`]) and DeCA ([`deca`]), and the CDAE ([`cdae`]), MultiVAE
+//! R-CE (backend objectives, [`objective`]) and DeCA ([`deca`]), the AdaGCL graph model
+//! ([`adagcl`]), and the CDAE ([`cdae`]), MultiVAE
 //! ([`multivae`]) and DiffRec ([`diffrec`]) recommenders.
 //! DDRM itself, which denoises the learned embeddings, is in [`crate::diffusion`].
+pub mod adagcl;
 pub mod cdae;
 pub mod deca;
 pub mod diffrec;

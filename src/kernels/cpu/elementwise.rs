@@ -187,6 +187,26 @@ mod avx {
         mul(y, _mm256_castsi256_ps(bits))
     }
 
+    /// [`super::exp_shifted_sum_with`] over whole vectors: returns the eight lane sums.
+    ///
+    /// # Safety
+    /// The CPU has AVX2; `x.len()` is a multiple of 8.
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn exp_shifted_sum(x: &mut [f32], shift: f32) -> [f32; 8] {
+        debug_assert!(x.len().is_multiple_of(8));
+        let sh = _mm256_set1_ps(shift);
+        let mut acc = _mm256_setzero_ps();
+        let p = x.as_mut_ptr();
+        for i in (0..x.len()).step_by(8) {
+            let e = exp8(_mm256_sub_ps(_mm256_loadu_ps(p.add(i)), sh));
+            _mm256_storeu_ps(p.add(i), e);
+            acc = _mm256_add_ps(acc, e);
+        }
+        let mut out = [0f32; 8];
+        _mm256_storeu_ps(out.as_mut_ptr(), acc);
+        out
+    }
+
     /// `op` over `x` (length a multiple of 8).
     ///
     /// # Safety
@@ -213,6 +233,48 @@ mod avx {
             _mm256_storeu_ps(p.add(i), r);
         }
     }
+}
+
+/// `x_i ← exp(x_i − shift)` (exp as [`exp8`], inputs clamped likewise) and the sum of the
+/// results: eight f32 lane sums over the whole vectors, then the lanes and the tail in f64, in
+/// a fixed order. One thread (callers parallelize over rows); every instruction set gives the
+/// same bits.
+pub fn exp_shifted_sum_with(isa: Isa, x: &mut [f32], shift: f32) -> f64 {
+    let n8 = x.len() / 8 * 8;
+    let (body, tail) = x.split_at_mut(n8);
+    #[cfg(target_arch = "x86_64")]
+    let lanes: Option<[f32; 8]> = if isa == Isa::Avx2Fma {
+        assert!(
+            Isa::available().contains(&isa),
+            "element-wise: instruction set {} is not available on this CPU",
+            isa.name()
+        );
+        // SAFETY: AVX2 is available (asserted); `body` holds whole vectors.
+        Some(unsafe { avx::exp_shifted_sum(body, shift) })
+    } else {
+        None
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let lanes: Option<[f32; 8]> = {
+        let _ = isa;
+        None
+    };
+    let lanes = lanes.unwrap_or_else(|| {
+        let sh = f32x8::splat(shift);
+        let mut acc = f32x8::ZERO;
+        for c in body.chunks_exact_mut(8) {
+            let e = exp8(load(c) - sh);
+            c.copy_from_slice(&e.to_array());
+            acc += e;
+        }
+        acc.to_array()
+    });
+    let mut z: f64 = lanes.iter().map(|&v| v as f64).sum();
+    for v in tail {
+        *v = (*v - shift).clamp(-87.3, 88.3).exp();
+        z += *v as f64;
+    }
+    z
 }
 
 /// In-place ReLU.
