@@ -359,3 +359,17 @@ proptest! {
         prop_assert!(back.iter().zip(&h).all(|(a, b)| a.to_bits() == b.to_bits()), "backward differs");
     }
 }
+
+/// `Isa::is_available` (the kernels' entry check) agrees with the list the tests iterate.
+#[test]
+fn isa_availability_agrees() {
+    for isa in [Isa::Portable, Isa::Avx2Fma] {
+        assert_eq!(
+            isa.is_available(),
+            Isa::available().contains(&isa),
+            "{}",
+            isa.name()
+        );
+    }
+    assert!(Isa::detect().is_available());
+}

@@ -275,8 +275,8 @@ impl AdaGcl {
         Rng::fill_normal_par(&mut eps, 1.0, self.cfg.seed ^ (TAG_VIEW + step));
         let (v1, kept) = self.vgae.view_values(&self.graph, &eps);
         lo.view1_kept = kept as f64 / self.graph.nnz() as f64;
-        let s1 = vec![self.graph.with_values(v1); nl];
-        let s1_refs: Vec<&SparseMatrix> = s1.iter().collect();
+        let s1 = self.graph.with_values(v1);
+        let s1_refs: Vec<&SparseMatrix> = vec![&s1; nl];
         // 1. contrastive loss between the views
         let out1 = Propagation::run(&self.emb, d, &s1_refs).sum();
         let (m2, out2) = self.view2();

@@ -99,7 +99,7 @@ pub enum Unary {
 /// set gives the same bits; the tail that does not fill a vector uses the scalar function.
 pub fn unary_inplace_with(isa: Isa, x: &mut [f32], op: Unary) {
     assert!(
-        Isa::available().contains(&isa),
+        isa.is_available(),
         "element-wise: instruction set {} is not available on this CPU",
         isa.name()
     );
@@ -237,15 +237,15 @@ mod avx {
 
 /// `x_i ← exp(x_i − shift)` (exp as [`exp8`], inputs clamped likewise) and the sum of the
 /// results: eight f32 lane sums over the whole vectors, then the lanes and the tail in f64, in
-/// a fixed order. One thread (callers parallelize over rows); every instruction set gives the
-/// same bits.
+/// a fixed order (should a lane sum overflow f32, the terms are summed again in f64). One
+/// thread (callers parallelize over rows); every instruction set gives the same bits.
 pub fn exp_shifted_sum_with(isa: Isa, x: &mut [f32], shift: f32) -> f64 {
     let n8 = x.len() / 8 * 8;
     let (body, tail) = x.split_at_mut(n8);
     #[cfg(target_arch = "x86_64")]
     let lanes: Option<[f32; 8]> = if isa == Isa::Avx2Fma {
         assert!(
-            Isa::available().contains(&isa),
+            isa.is_available(),
             "element-wise: instruction set {} is not available on this CPU",
             isa.name()
         );
@@ -269,6 +269,13 @@ pub fn exp_shifted_sum_with(isa: Isa, x: &mut [f32], shift: f32) -> f64 {
         }
         acc.to_array()
     });
+    if lanes.iter().any(|v| v.is_infinite()) {
+        // each term is finite (inputs clamped): only the f32 lane sums overflowed
+        for v in tail.iter_mut() {
+            *v = (*v - shift).clamp(-87.3, 88.3).exp();
+        }
+        return body.iter().chain(tail.iter()).map(|&v| v as f64).sum();
+    }
     let mut z: f64 = lanes.iter().map(|&v| v as f64).sum();
     for v in tail {
         *v = (*v - shift).clamp(-87.3, 88.3).exp();

@@ -32,6 +32,17 @@ impl Isa {
         })
     }
 
+    /// Whether this CPU can run `self` (no allocation: the kernels assert it on entry).
+    pub fn is_available(self) -> bool {
+        match self {
+            Isa::Portable => true,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2Fma => is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"),
+            #[cfg(not(target_arch = "x86_64"))]
+            Isa::Avx2Fma => false,
+        }
+    }
+
     /// All instruction sets this CPU can run (for tests comparing them).
     pub fn available() -> Vec<Isa> {
         let mut v = vec![Isa::Portable];

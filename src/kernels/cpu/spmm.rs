@@ -110,7 +110,7 @@ fn spmm_ex_with(
     epi: SpmmEpilogue,
 ) {
     assert!(
-        Isa::available().contains(&isa),
+        isa.is_available(),
         "spmm: instruction set {} is not available on this CPU",
         isa.name()
     );
