@@ -962,11 +962,11 @@ fn reproduce_runs_every_default_row() {
         "--dataset",
         &ds,
         "--baselines",
-        "adagcl",
+        "ncf",
         "--out",
         &out,
     ]);
-    assert!(code != 0 && err.contains("adagcl"), "{err}");
+    assert!(code != 0 && err.contains("ncf"), "{err}");
 }
 
 /// The random-noise experiment: one row per ratio (backend, + R-CE, + DDRM), a table, JSON and
