@@ -12,7 +12,8 @@
 
 use super::graph::LoopGraph;
 use super::init::torch_linear;
-use crate::kernels::cpu::elementwise::{sigmoid, softplus};
+use super::losses::{bpr_nodes, l2_into};
+use crate::kernels::cpu::elementwise::sigmoid;
 use crate::kernels::cpu::spmm::{spmm, SparseMatrix};
 use crate::kernels::cpu::Act;
 use crate::nn::{Linear, LinearGrad};
@@ -254,11 +255,7 @@ impl EdgeMasker {
             let s = g.with_values(values);
             let mut next = vec![0f32; n * d];
             spmm(&s, &xs[l], d, &mut next);
-            loss.l0 += w
-                .par_iter()
-                .map(|&v| sigmoid(v - l0_shift) as f64)
-                .sum::<f64>()
-                / nnz as f64;
+            loss.l0 += w.iter().map(|&v| sigmoid(v - l0_shift) as f64).sum::<f64>() / nnz as f64;
             xs.push(next);
             states.push(LayerState {
                 p_hidden: ph,
@@ -278,28 +275,8 @@ impl EdgeMasker {
             out.par_iter_mut().zip(x).for_each(|(o, v)| *o += v);
         }
         // BPR on the summed layers
-        let nu = g.n_users;
-        let bn = batch_norm.max(1) as f32;
         let mut dout = vec![0f32; n * d];
-        for k in 0..users.len() {
-            let (u, i, j) = (
-                users[k] as usize,
-                nu + pos[k] as usize,
-                nu + neg[k] as usize,
-            );
-            let mut diff = 0f32;
-            for t in 0..d {
-                diff += out[u * d + t] * (out[i * d + t] - out[j * d + t]);
-            }
-            loss.bpr += (softplus(-diff) / bn) as f64;
-            let gd = -sigmoid(-diff) / bn;
-            for t in 0..d {
-                let (eu, ei, ej) = (out[u * d + t], out[i * d + t], out[j * d + t]);
-                dout[u * d + t] += gd * (ei - ej);
-                dout[i * d + t] += gd * eu;
-                dout[j * d + t] -= gd * eu;
-            }
-        }
+        loss.bpr = bpr_nodes(&out, d, g.n_users, users, pos, neg, batch_norm, &mut dout);
         // backward, last layer first; gx = dL/dx_{l+1}
         let ip = &g.adj.indptr;
         let mut gx = dout.clone();
@@ -424,22 +401,19 @@ impl EdgeMasker {
             }
         }
         // L2 on every parameter
-        let mut sq = 0f64;
         let all = self.nb.iter().chain(&self.slf).chain(&self.att);
         let gall = grads
             .nb
             .iter_mut()
             .chain(grads.slf.iter_mut())
             .chain(grads.att.iter_mut());
-        for (p, gp) in all.zip(gall) {
-            for (w, gw) in [(&p.w, &mut gp.w), (&p.b, &mut gp.b)] {
-                sq += w.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>();
-                gw.iter_mut()
-                    .zip(w)
-                    .for_each(|(gv, &v)| *gv += 2.0 * reg * v);
-            }
-        }
-        loss.reg = reg as f64 * sq;
+        let pairs = all.zip(gall).flat_map(|(p, gp)| {
+            [
+                (p.w.as_slice(), gp.w.as_mut_slice()),
+                (p.b.as_slice(), gp.b.as_mut_slice()),
+            ]
+        });
+        loss.reg = l2_into(pairs, reg);
         loss
     }
 }

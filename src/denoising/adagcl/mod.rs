@@ -15,11 +15,11 @@ pub mod contrast;
 pub mod edge_mask;
 pub mod graph;
 pub mod init;
+pub mod losses;
 pub mod vgae;
 
 use crate::data::{Dataset, Split};
 use crate::eval::{evaluate_embeddings, EarlyStop, Metrics};
-use crate::kernels::cpu::elementwise::{sigmoid, softplus};
 use crate::kernels::cpu::spmm::{spmm, SparseMatrix};
 use crate::nn::{Adam, AdamConfig};
 use crate::util::progress;
@@ -318,38 +318,11 @@ impl AdaGcl {
         // 3. BPR + L2 on Â, and the generators' own losses
         let adj: Vec<&SparseMatrix> = (0..nl).map(|_| &self.graph.adj).collect();
         let out = Propagation::run(&self.emb, d, &adj).sum();
-        let bn = self.cfg.batch.max(1) as f32;
         let mut dout = vec![0f32; n * d];
-        for k in 0..users.len() {
-            let (u, i, j) = (
-                users[k] as usize,
-                nu + pos[k] as usize,
-                nu + neg[k] as usize,
-            );
-            let mut diff = 0f32;
-            for t in 0..d {
-                diff += out[u * d + t] * (out[i * d + t] - out[j * d + t]);
-            }
-            lo.bpr += (softplus(-diff) / bn) as f64;
-            let gd = -sigmoid(-diff) / bn;
-            for t in 0..d {
-                let (eu, ei, ej) = (out[u * d + t], out[i * d + t], out[j * d + t]);
-                dout[u * d + t] += gd * (ei - ej);
-                dout[i * d + t] += gd * eu;
-                dout[j * d + t] -= gd * eu;
-            }
-        }
+        lo.bpr = losses::bpr_nodes(&out, d, nu, users, pos, neg, self.cfg.batch, &mut dout);
         let mut grad = propagation_backward(&dout, d, &adj);
         let reg = self.cfg.reg;
-        lo.reg = reg as f64
-            * self
-                .emb
-                .par_iter()
-                .map(|&v| (v as f64) * (v as f64))
-                .sum::<f64>();
-        grad.par_iter_mut()
-            .zip(&self.emb)
-            .for_each(|(g, &v)| *g += 2.0 * reg * v);
+        lo.reg = losses::l2_into([(self.emb.as_slice(), grad.as_mut_slice())], reg);
         let mut eps2 = vec![0f32; n * d];
         Rng::fill_normal_par(&mut eps2, 1.0, self.cfg.seed ^ (TAG_VGAE + step));
         let mut gg1 = self.vgae.zero_grads();

@@ -10,6 +10,7 @@
 
 use super::graph::{propagation_backward, LoopGraph, Propagation};
 use super::init::{node_embeddings, torch_linear};
+use super::losses::{bpr_nodes, l2_into};
 use crate::kernels::cpu::elementwise::{sigmoid, softplus};
 use crate::kernels::cpu::spmm::SparseMatrix;
 use crate::kernels::cpu::Act;
@@ -248,31 +249,12 @@ impl Vgae {
             }
         }
         // BPR on z
-        let bn = batch_norm.max(1) as f32;
-        for k in 0..b {
-            let (u, i, j) = (
-                users[k] as usize,
-                (nu + pos[k]) as usize,
-                (nu + neg[k]) as usize,
-            );
-            let mut diff = 0f32;
-            for t in 0..d {
-                diff += z[u * d + t] * (z[i * d + t] - z[j * d + t]);
-            }
-            loss.bpr += (softplus(-diff) / bn) as f64;
-            let gd = -sigmoid(-diff) / bn;
-            for t in 0..d {
-                let (zu, zi, zj) = (z[u * d + t], z[i * d + t], z[j * d + t]);
-                dz[u * d + t] += gd * (zi - zj);
-                dz[i * d + t] += gd * zu;
-                dz[j * d + t] -= gd * zu;
-            }
-        }
+        loss.bpr = bpr_nodes(z, d, nu as usize, users, pos, neg, batch_norm, &mut dz);
         // KL = −0.5 Σ_d (1 + 2 log σ − μ² − σ²), mean over nodes, weighted
         let kw = KL_WEIGHT / n as f32;
         let kl: f64 = enc
             .mean
-            .par_iter()
+            .iter()
             .zip(&enc.std)
             .map(|(&m, &s)| (-0.5 * (1.0 + 2.0 * s.ln() - m * m - s * s)) as f64)
             .sum();
@@ -328,19 +310,12 @@ impl Vgae {
         let mats: Vec<&SparseMatrix> = (0..self.layers).map(|_| &g.adj).collect();
         grads.emb = propagation_backward(&dx, d, &mats);
         // L2 on the encoder (E, the μ and σ MLPs)
-        let mut sq = 0f64;
-        let mut l2 = |p: &[f32], gp: &mut [f32]| {
-            sq += p.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>();
-            gp.iter_mut()
-                .zip(p)
-                .for_each(|(gv, &v)| *gv += 2.0 * reg * v);
-        };
-        l2(&self.emb, &mut grads.emb);
-        for k in 0..4 {
-            l2(&self.lin[k].w, &mut grads.lin[k].w);
-            l2(&self.lin[k].b, &mut grads.lin[k].b);
+        let mut pairs = vec![(self.emb.as_slice(), grads.emb.as_mut_slice())];
+        for (l, g) in self.lin[..4].iter().zip(grads.lin[..4].iter_mut()) {
+            pairs.push((l.w.as_slice(), g.w.as_mut_slice()));
+            pairs.push((l.b.as_slice(), g.b.as_mut_slice()));
         }
-        loss.reg = reg as f64 * sq;
+        loss.reg = l2_into(pairs, reg);
         loss
     }
 
