@@ -1,13 +1,12 @@
 //! `ddrm train --model adagcl`: the AdaGCL comparison system. Its checkpoint holds the ranking
 //! embeddings (`final`, as the backends' runs), so `eval` and `recommend` read it unchanged.
 
-use super::run_dir::{RunConfig, RunDir, RunResult};
+use super::run_dir::{RunResult, StandaloneRun};
 use super::train_cmd::TrainArgs;
 use crate::denoising::adagcl::edge_mask::GateConfig;
 use crate::denoising::adagcl::{train, AdaGclConfig};
 use anyhow::{bail, Result};
 use clap::Args;
-use std::time::Instant;
 
 /// AdaGCL options (`--dim`, `--lr`, `--batch`, `--reg`, `--epochs`, `--seed`, `--eval-every`,
 /// `--patience` are shared with the backends).
@@ -95,26 +94,11 @@ pub fn adagcl_config(a: &TrainArgs) -> Result<AdaGclConfig> {
 /// Train AdaGCL into a run directory.
 pub fn run_train_adagcl(a: &TrainArgs, quiet: bool) -> Result<RunResult> {
     let cfg = adagcl_config(a)?;
-    let ds = crate::data::open(&a.dataset)?;
-    let rd = RunDir::create(&a.out)?;
-    let t0 = Instant::now();
-    let rc = RunConfig {
-        kind: "adagcl".into(),
-        dataset: a.dataset.clone(),
-        fingerprint: ds.fingerprint(),
-        backend: "AdaGCL".into(),
-        dim: cfg.dim,
-        config: serde_json::to_value(&cfg)?,
-    };
-    rd.write_json("config.json", &rc)?;
-    let mut log_err: Option<anyhow::Error> = None;
-    let out = train(&ds, &cfg, quiet, |rec| {
-        if let Err(e) = rd.append_metrics(rec) {
-            log_err.get_or_insert(e);
-        }
-        if !quiet {
+    let run = StandaloneRun::start(&a.dataset, &a.out, "adagcl", "AdaGCL", cfg.dim, &cfg, quiet)?;
+    let out = train(&run.ds, &cfg, quiet, |rec| {
+        run.record(rec, || {
             let l = &rec.losses;
-            eprintln!(
+            format!(
                 "epoch {:>4}  bpr {:.4}  ssl {:.4}  ib {:.4}  gen1 {:.3}  gen2 {:.3}  view1 kept {:.1}%  valid R@20 {:.4}  N@20 {:.4}  ({:.2} s/epoch)",
                 rec.epoch,
                 l.bpr,
@@ -126,27 +110,16 @@ pub fn run_train_adagcl(a: &TrainArgs, quiet: bool) -> Result<RunResult> {
                 rec.valid.recall(20),
                 rec.valid.ndcg(20),
                 rec.train_seconds
-            );
-        }
+            )
+        })
     });
-    if let Some(e) = log_err {
-        return Err(e.context("writing metrics.jsonl"));
-    }
-    let n = ds.n_users() + ds.n_items();
-    crate::util::tensorfile::write(
-        &rd.path.join("model.ckpt"),
+    let n = run.ds.n_users() + run.ds.n_items();
+    run.finish(
         "adagcl",
-        &ds.fingerprint(),
-        serde_json::to_value(&cfg)?,
         &[("final", n, cfg.dim, &out.final_emb)],
-    )?;
-    let res = RunResult {
-        best_epoch: out.best_epoch,
-        valid: out.best_valid,
-        test: out.test,
-        epoch_seconds: out.epoch_seconds,
-        total_seconds: t0.elapsed().as_secs_f64(),
-    };
-    rd.write_json("result.json", &res)?;
-    Ok(res)
+        out.best_epoch,
+        out.best_valid,
+        out.test,
+        out.epoch_seconds,
+    )
 }

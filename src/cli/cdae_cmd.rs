@@ -1,7 +1,7 @@
 //! `ddrm train --model cdae`: the CDAE comparison system, and loading its runs for `eval` /
 //! `recommend`. `--lr --batch --epochs --reg` (weight decay) are shared with the backends.
 
-use super::run_dir::{RunConfig, RunDir, RunResult};
+use super::run_dir::{RunConfig, RunResult, StandaloneRun};
 use super::train_cmd::TrainArgs;
 use crate::data::Dataset;
 use crate::denoising::cdae::{train, Cdae, CdaeConfig};
@@ -9,7 +9,6 @@ use crate::nn::Linear;
 use crate::util::tensorfile::TensorFile;
 use anyhow::{bail, Result};
 use clap::Args;
-use std::time::Instant;
 
 /// CDAE options.
 #[derive(Args, Debug, Clone, Default)]
@@ -56,61 +55,44 @@ pub fn cdae_config(a: &TrainArgs) -> Result<CdaeConfig> {
 /// Train CDAE into a run directory.
 pub fn run_train_cdae(a: &TrainArgs, quiet: bool) -> Result<RunResult> {
     let cfg = cdae_config(a)?;
-    let ds = crate::data::open(&a.dataset)?;
-    let rd = RunDir::create(&a.out)?;
-    let t0 = Instant::now();
-    let rc = RunConfig {
-        kind: "cdae".into(),
-        dataset: a.dataset.clone(),
-        fingerprint: ds.fingerprint(),
-        backend: "CDAE".into(),
-        dim: cfg.hidden + 1,
-        config: serde_json::to_value(&cfg)?,
-    };
-    rd.write_json("config.json", &rc)?;
-    let mut log_err: Option<anyhow::Error> = None;
-    let out = train(&ds, &cfg, quiet, |rec| {
-        if let Err(e) = rd.append_metrics(rec) {
-            log_err.get_or_insert(e);
-        }
-        if !quiet {
-            eprintln!(
+    let run = StandaloneRun::start(
+        &a.dataset,
+        &a.out,
+        "cdae",
+        "CDAE",
+        cfg.hidden + 1,
+        &cfg,
+        quiet,
+    )?;
+    let out = train(&run.ds, &cfg, quiet, |rec| {
+        run.record(rec, || {
+            format!(
                 "epoch {:>4}  loss {:.3}  valid R@20 {:.4}  N@20 {:.4}  ({:.2} s/epoch)",
                 rec.epoch,
                 rec.loss,
                 rec.valid.recall(20),
                 rec.valid.ndcg(20),
                 rec.train_seconds
-            );
-        }
+            )
+        })
     });
-    if let Some(e) = log_err {
-        return Err(e.context("writing metrics.jsonl"));
-    }
     let m = &out.model;
     let hd = m.hidden();
-    crate::util::tensorfile::write(
-        &rd.path.join("model.ckpt"),
+    let nu = run.ds.n_users();
+    run.finish(
         "cdae",
-        &ds.fingerprint(),
-        serde_json::to_value(&cfg)?,
         &[
             ("enc.w", m.enc.din, m.enc.dout, &m.enc.w),
             ("enc.b", 1, m.enc.dout, &m.enc.b),
-            ("user", ds.n_users(), hd, &m.user),
+            ("user", nu, hd, &m.user),
             ("dec.w", m.dec.din, m.dec.dout, &m.dec.w),
             ("dec.b", 1, m.dec.dout, &m.dec.b),
         ],
-    )?;
-    let res = RunResult {
-        best_epoch: out.best_epoch,
-        valid: out.best_valid,
-        test: out.test,
-        epoch_seconds: out.epoch_seconds,
-        total_seconds: t0.elapsed().as_secs_f64(),
-    };
-    rd.write_json("result.json", &res)?;
-    Ok(res)
+        out.best_epoch,
+        out.best_valid,
+        out.test,
+        out.epoch_seconds,
+    )
 }
 
 /// Load a CDAE checkpoint, checking every shape against the dataset and `hidden`.

@@ -3,7 +3,7 @@
 //! --hidden --step-dim --dropout` are shared with DDRM; `--lr --batch --epochs --reg`
 //! (weight decay) with the backends.
 
-use super::run_dir::{RunConfig, RunDir, RunResult};
+use super::run_dir::{RunConfig, RunResult, StandaloneRun};
 use super::train_cmd::TrainArgs;
 use crate::data::Dataset;
 use crate::denoising::diffrec::{schedule, train, DiffRec, DiffRecConfig};
@@ -11,7 +11,6 @@ use crate::kernels::cpu::Act;
 use crate::nn::{Linear, Mlp};
 use crate::util::tensorfile::TensorFile;
 use anyhow::{bail, Context, Result};
-use std::time::Instant;
 
 /// The configuration from the command line.
 pub fn diffrec_config(a: &TrainArgs) -> Result<DiffRecConfig> {
@@ -55,38 +54,28 @@ pub fn diffrec_config(a: &TrainArgs) -> Result<DiffRecConfig> {
 /// Train DiffRec into a run directory.
 pub fn run_train_diffrec(a: &TrainArgs, quiet: bool) -> Result<RunResult> {
     let cfg = diffrec_config(a)?;
-    let ds = crate::data::open(&a.dataset)?;
-    let rd = RunDir::create(&a.out)?;
-    let t0 = Instant::now();
     let hl = *cfg.hidden.last().expect("checked non-empty");
-    let rc = RunConfig {
-        kind: "diffrec".into(),
-        dataset: a.dataset.clone(),
-        fingerprint: ds.fingerprint(),
-        backend: "DiffRec".into(),
-        dim: hl + 1,
-        config: serde_json::to_value(&cfg)?,
-    };
-    rd.write_json("config.json", &rc)?;
-    let mut log_err: Option<anyhow::Error> = None;
-    let out = train(&ds, &cfg, quiet, |rec| {
-        if let Err(e) = rd.append_metrics(rec) {
-            log_err.get_or_insert(e);
-        }
-        if !quiet {
-            eprintln!(
+    let run = StandaloneRun::start(
+        &a.dataset,
+        &a.out,
+        "diffrec",
+        "DiffRec",
+        hl + 1,
+        &cfg,
+        quiet,
+    )?;
+    let out = train(&run.ds, &cfg, quiet, |rec| {
+        run.record(rec, || {
+            format!(
                 "epoch {:>4}  loss {:.4}  valid R@20 {:.4}  N@20 {:.4}  ({:.2} s/epoch)",
                 rec.epoch,
                 rec.loss,
                 rec.valid.recall(20),
                 rec.valid.ndcg(20),
                 rec.train_seconds
-            );
-        }
+            )
+        })
     })?;
-    if let Some(e) = log_err {
-        return Err(e.context("writing metrics.jsonl"));
-    }
     let m = &out.model;
     let mut names = vec!["step.w".to_string(), "step.b".to_string()];
     let mut layers: Vec<&Linear> = vec![&m.step_layer];
@@ -100,22 +89,14 @@ pub fn run_train_diffrec(a: &TrainArgs, quiet: bool) -> Result<RunResult> {
         tensors.push((&names[2 * k], l.din, l.dout, &l.w));
         tensors.push((&names[2 * k + 1], 1, l.dout, &l.b));
     }
-    crate::util::tensorfile::write(
-        &rd.path.join("model.ckpt"),
+    run.finish(
         "diffrec",
-        &ds.fingerprint(),
-        serde_json::to_value(&cfg)?,
         &tensors,
-    )?;
-    let res = RunResult {
-        best_epoch: out.best_epoch,
-        valid: out.best_valid,
-        test: out.test,
-        epoch_seconds: out.epoch_seconds,
-        total_seconds: t0.elapsed().as_secs_f64(),
-    };
-    rd.write_json("result.json", &res)?;
-    Ok(res)
+        out.best_epoch,
+        out.best_valid,
+        out.test,
+        out.epoch_seconds,
+    )
 }
 
 /// Load a DiffRec checkpoint, checking the shapes against its configuration and the dataset.

@@ -1,7 +1,7 @@
 //! `ddrm train --model multivae`: the MultiVAE comparison system, and loading its runs for
 //! `eval` / `recommend`.
 
-use super::run_dir::{RunConfig, RunDir, RunResult};
+use super::run_dir::{RunConfig, RunResult, StandaloneRun};
 use super::train_cmd::TrainArgs;
 use crate::data::Dataset;
 use crate::denoising::multivae::{train, MultVae, VaeConfig};
@@ -9,7 +9,6 @@ use crate::nn::Linear;
 use crate::util::tensorfile::TensorFile;
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use std::time::Instant;
 
 /// MultiVAE options (`--lr`, `--batch`, `--epochs`, `--reg` as weight decay, `--seed`,
 /// `--eval-every`, `--patience` are shared with the backends).
@@ -75,25 +74,18 @@ pub fn vae_config(a: &TrainArgs) -> Result<VaeConfig> {
 /// Train MultiVAE into a run directory.
 pub fn run_train_multivae(a: &TrainArgs, quiet: bool) -> Result<RunResult> {
     let cfg = vae_config(a)?;
-    let ds = crate::data::open(&a.dataset)?;
-    let rd = RunDir::create(&a.out)?;
-    let t0 = Instant::now();
-    let rc = RunConfig {
-        kind: "multivae".into(),
-        dataset: a.dataset.clone(),
-        fingerprint: ds.fingerprint(),
-        backend: "MultiVAE".into(),
-        dim: cfg.hidden + 1,
-        config: serde_json::to_value(&cfg)?,
-    };
-    rd.write_json("config.json", &rc)?;
-    let mut log_err: Option<anyhow::Error> = None;
-    let out = train(&ds, &cfg, quiet, |rec| {
-        if let Err(e) = rd.append_metrics(rec) {
-            log_err.get_or_insert(e);
-        }
-        if !quiet {
-            eprintln!(
+    let run = StandaloneRun::start(
+        &a.dataset,
+        &a.out,
+        "multivae",
+        "MultiVAE",
+        cfg.hidden + 1,
+        &cfg,
+        quiet,
+    )?;
+    let out = train(&run.ds, &cfg, quiet, |rec| {
+        run.record(rec, || {
+            format!(
                 "epoch {:>4}  nll {:.2}  kl {:.2}  beta {:.4}  valid R@20 {:.4}  N@20 {:.4}  ({:.2} s/epoch)",
                 rec.epoch,
                 rec.loss,
@@ -102,20 +94,14 @@ pub fn run_train_multivae(a: &TrainArgs, quiet: bool) -> Result<RunResult> {
                 rec.valid.recall(20),
                 rec.valid.ndcg(20),
                 rec.train_seconds
-            );
-        }
+            )
+        })
     });
-    if let Some(e) = log_err {
-        return Err(e.context("writing metrics.jsonl"));
-    }
     let m = &out.model;
     let row = |l: &Linear| l.b.clone();
     let (b1, b2, b3, b4) = (row(&m.enc1), row(&m.enc2), row(&m.dec1), row(&m.dec2));
-    crate::util::tensorfile::write(
-        &rd.path.join("model.ckpt"),
+    run.finish(
         "multivae",
-        &ds.fingerprint(),
-        serde_json::to_value(&cfg)?,
         &[
             ("enc1.w", m.enc1.din, m.enc1.dout, &m.enc1.w),
             ("enc1.b", 1, m.enc1.dout, &b1),
@@ -126,16 +112,11 @@ pub fn run_train_multivae(a: &TrainArgs, quiet: bool) -> Result<RunResult> {
             ("dec2.w", m.dec2.din, m.dec2.dout, &m.dec2.w),
             ("dec2.b", 1, m.dec2.dout, &b4),
         ],
-    )?;
-    let res = RunResult {
-        best_epoch: out.best_epoch,
-        valid: out.best_valid,
-        test: out.test,
-        epoch_seconds: out.epoch_seconds,
-        total_seconds: t0.elapsed().as_secs_f64(),
-    };
-    rd.write_json("result.json", &res)?;
-    Ok(res)
+        out.best_epoch,
+        out.best_valid,
+        out.test,
+        out.epoch_seconds,
+    )
 }
 
 /// Load a MultiVAE checkpoint, checking every shape against the dataset.

@@ -114,3 +114,95 @@ impl RunDir {
         Ok(tf)
     }
 }
+
+/// What every `ddrm train --model X` of a standalone comparison system shares: the run
+/// directory with its `config.json`, one `metrics.jsonl` line (and, unless quiet, one printed
+/// line) per validation, and at the end the checkpoint and `result.json`.
+pub struct StandaloneRun {
+    /// The run directory.
+    pub rd: RunDir,
+    /// The dataset.
+    pub ds: Dataset,
+    config: serde_json::Value,
+    quiet: bool,
+    t0: std::time::Instant,
+    log_err: std::cell::RefCell<Option<anyhow::Error>>,
+}
+
+impl StandaloneRun {
+    /// Open the dataset, create the run directory and write `config.json`.
+    pub fn start<C: Serialize>(
+        dataset: &str,
+        out: &Path,
+        kind: &str,
+        label: &str,
+        dim: usize,
+        cfg: &C,
+        quiet: bool,
+    ) -> Result<Self> {
+        let ds = crate::data::open(dataset)?;
+        let rd = RunDir::create(out)?;
+        let t0 = std::time::Instant::now();
+        let config = serde_json::to_value(cfg)?;
+        rd.write_json(
+            "config.json",
+            &RunConfig {
+                kind: kind.into(),
+                dataset: dataset.to_string(),
+                fingerprint: ds.fingerprint(),
+                backend: label.into(),
+                dim,
+                config: config.clone(),
+            },
+        )?;
+        Ok(StandaloneRun {
+            rd,
+            ds,
+            config,
+            quiet,
+            t0,
+            log_err: std::cell::RefCell::new(None),
+        })
+    }
+
+    /// Log one validation record (the first write error is kept for [`Self::finish`]).
+    pub fn record<R: Serialize>(&self, rec: &R, line: impl FnOnce() -> String) {
+        if let Err(e) = self.rd.append_metrics(rec) {
+            self.log_err.borrow_mut().get_or_insert(e);
+        }
+        if !self.quiet {
+            eprintln!("{}", line());
+        }
+    }
+
+    /// Write the checkpoint (`kind`, the configuration, `tensors`) and `result.json`.
+    pub fn finish(
+        self,
+        kind: &str,
+        tensors: &[(&str, usize, usize, &[f32])],
+        best_epoch: usize,
+        valid: Metrics,
+        test: Metrics,
+        epoch_seconds: f64,
+    ) -> Result<RunResult> {
+        if let Some(e) = self.log_err.into_inner() {
+            return Err(e.context("writing metrics.jsonl"));
+        }
+        crate::util::tensorfile::write(
+            &self.rd.path.join("model.ckpt"),
+            kind,
+            &self.ds.fingerprint(),
+            self.config,
+            tensors,
+        )?;
+        let res = RunResult {
+            best_epoch,
+            valid,
+            test,
+            epoch_seconds,
+            total_seconds: self.t0.elapsed().as_secs_f64(),
+        };
+        self.rd.write_json("result.json", &res)?;
+        Ok(res)
+    }
+}
