@@ -58,7 +58,11 @@ pub struct BenchArgs {
 pub fn run(a: &BenchArgs, quiet: bool) -> Result<()> {
     match a.device.as_str() {
         "cpu" => {}
-        "cuda" => bail!("--device cuda: the CUDA path is not built yet in this ddrm (see README, 'CUDA'); use --device cpu"),
+        "cuda" => bail!(
+            "--device cuda: the CUDA kernels (kernels/*.cu, feature `cuda`) are written and \
+             compile-checked, but no benchmark or model runs on them yet (see README, 'CUDA'); \
+             use --device cpu"
+        ),
         other => bail!("unknown --device '{other}' (cpu or cuda)"),
     }
     if a.reps == 0 {

@@ -1,2 +1,4 @@
 //! Compute kernels: CPU (SIMD + rayon) and, with the `cuda` feature, CUDA.
 pub mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;

@@ -1,0 +1,90 @@
+// Element-wise and row kernels. Activation codes: 0 none, 1 relu, 2 tanh, 3 sigmoid.
+
+__device__ __forceinline__ float e_act(float x, int act) {
+    switch (act) {
+        case 1: return x > 0.0f ? x : 0.0f;
+        case 2: return tanhf(x);
+        case 3: return 1.0f / (1.0f + expf(-x));
+        default: return x;
+    }
+}
+
+__device__ __forceinline__ float e_dact(float y, int act) {
+    switch (act) {
+        case 1: return y > 0.0f ? 1.0f : 0.0f;
+        case 2: return 1.0f - y * y;
+        case 3: return y * (1.0f - y);
+        default: return 1.0f;
+    }
+}
+
+// Numerically stable softplus log(1 + e^x).
+__device__ __forceinline__ float e_softplus(float x) {
+    return fmaxf(x, 0.0f) + log1pf(expf(-fabsf(x)));
+}
+
+// y = act(x), in place allowed.
+extern "C" __global__ void act_forward(int n, int act, const float* __restrict__ x, float* y) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) y[i] = e_act(x[i], act);
+}
+
+// dx = dy * act'(y), the derivative through the activation's output y.
+extern "C" __global__ void act_backward(int n, int act, const float* __restrict__ y,
+                                        const float* __restrict__ dy, float* dx) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) dx[i] = dy[i] * e_dact(y[i], act);
+}
+
+// out[r] = a[r, :] . b[r, :], one warp per row.
+extern "C" __global__ void row_dots(int n, int d, const float* __restrict__ a,
+                                    const float* __restrict__ b, float* __restrict__ out) {
+    int r = (blockIdx.x * blockDim.x + threadIdx.x) / 32, lane = threadIdx.x % 32;
+    if (r >= n) return;
+    float s = 0.0f;
+    for (int c = lane; c < d; c += 32) s = fmaf(a[(size_t)r * d + c], b[(size_t)r * d + c], s);
+    for (int o = 16; o > 0; o >>= 1) s += __shfl_down_sync(0xffffffffu, s, o);
+    if (lane == 0) out[r] = s;
+}
+
+// BPR: loss[r] = w_r softplus(sn - sp); dp = -w_r sigma(sn - sp) * scale, dn = -dp.
+// `w` may be unused (has_w = 0: weight 1). The mean over the batch is taken on the host.
+extern "C" __global__ void bpr_loss(int n, const float* __restrict__ sp, const float* __restrict__ sn,
+                                    int has_w, const float* __restrict__ w, float scale,
+                                    float* __restrict__ loss, float* __restrict__ dp,
+                                    float* __restrict__ dn) {
+    int r = blockIdx.x * blockDim.x + threadIdx.x;
+    if (r >= n) return;
+    float z = sn[r] - sp[r];
+    float wr = has_w ? w[r] : 1.0f;
+    loss[r] = wr * e_softplus(z);
+    float g = wr * scale / (1.0f + expf(-z));
+    dp[r] = -g;
+    dn[r] = g;
+}
+
+// dst[r, :] = src[idx[r], :].
+extern "C" __global__ void gather_rows(int n, int d, const unsigned* __restrict__ idx,
+                                       const float* __restrict__ src, float* __restrict__ dst) {
+    size_t e = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (e >= (size_t)n * d) return;
+    size_t r = e / d, c = e % d;
+    dst[e] = src[(size_t)idx[r] * d + c];
+}
+
+// Deterministic scatter-add: dst[rows[u], :] += sum over p in seg[u]..seg[u+1] of
+// src[order[p], :], summed in that fixed order (the host sorts the batch's ids once), so no
+// float atomics and the same bits on every run. One warp per distinct row.
+extern "C" __global__ void scatter_add_rows(int n_unique, int d, const unsigned* __restrict__ rows,
+                                            const unsigned* __restrict__ seg,
+                                            const unsigned* __restrict__ order,
+                                            const float* __restrict__ src, float* __restrict__ dst) {
+    int u = (blockIdx.x * blockDim.x + threadIdx.x) / 32, lane = threadIdx.x % 32;
+    if (u >= n_unique) return;
+    float* out = dst + (size_t)rows[u] * d;
+    for (int c = lane; c < d; c += 32) {
+        float s = out[c];
+        for (unsigned p = seg[u]; p < seg[u + 1]; p++) s += src[(size_t)order[p] * d + c];
+        out[c] = s;
+    }
+}

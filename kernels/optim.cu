@@ -1,0 +1,16 @@
+// Adam with L2 weight decay folded into the gradient and bias correction, exactly the update
+// of src/nn/optim.rs: g' = g + wd p; m = b1 m + (1 - b1) g'; v = b2 v + (1 - b2) g'^2;
+// p -= step * m / (sqrt(v * inv_bc2) + eps), with step = lr / (1 - b1^t) and
+// inv_bc2 = 1 / (1 - b2^t) computed on the host.
+extern "C" __global__ void adam_step(int n, float* __restrict__ p, const float* __restrict__ g,
+                                     float* __restrict__ m, float* __restrict__ v, float b1,
+                                     float b2, float step, float inv_bc2, float eps, float wd) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    float gk = g[i] + wd * p[i];
+    float mk = b1 * m[i] + (1.0f - b1) * gk;
+    float vk = b2 * v[i] + (1.0f - b2) * (gk * gk);
+    m[i] = mk;
+    v[i] = vk;
+    p[i] -= step * mk / (sqrtf(vk * inv_bc2) + eps);
+}
