@@ -51,6 +51,25 @@ def main():
     print(json.dumps(out))
 
 
+def torch_on(fw, threads):
+    """torch, the device of framework `fw` ("torch": CPU, "torch-cuda": the first GPU), and a
+    wrapper that makes a timed call wait for the GPU's queued work."""
+    import torch
+    torch.set_num_threads(threads)
+    if fw == "torch":
+        return torch, "cpu", lambda f: f
+    if not torch.cuda.is_available():
+        raise NotImplementedError("torch-cuda: torch sees no GPU")
+
+    def sync(f):
+        def run():
+            r = f()
+            torch.cuda.synchronize()
+            return r
+        return run
+    return torch, "cuda", sync
+
+
 def load(np, d, name, dtype, shape):
     return np.fromfile(os.path.join(d, name), dtype=dtype).reshape(shape)
 
@@ -67,12 +86,11 @@ def build(op, fw, d, meta, threads):
         if fw == "numpy":
             opa, opb = (a.T if tra else a), (b.T if trb else b)
             return lambda: opa @ opb
-        if fw == "torch":
-            import torch
-            torch.set_num_threads(threads)
-            ta, tb = torch.from_numpy(a), torch.from_numpy(b)
+        if fw in ("torch", "torch-cuda"):
+            torch, dev, sync = torch_on(fw, threads)
+            ta, tb = torch.from_numpy(a).to(dev), torch.from_numpy(b).to(dev)
             opa, opb = (ta.t() if tra else ta), (tb.t() if trb else tb)
-            return lambda: opa @ opb
+            return sync(lambda: opa @ opb)
         raise NotImplementedError(f"{fw} has no gemm baseline")
     if op == "spmm":
         n, dim = meta["n"], meta["d"]
@@ -84,12 +102,11 @@ def build(op, fw, d, meta, threads):
             import scipy.sparse as sp
             a = sp.csr_matrix((values, indices, indptr), shape=(n, n))
             return lambda: a @ x
-        if fw == "torch":
-            import torch
-            torch.set_num_threads(threads)
-            a = torch.sparse_csr_tensor(torch.from_numpy(indptr), torch.from_numpy(indices), torch.from_numpy(values), size=(n, n))
-            tx = torch.from_numpy(x)
-            return lambda: a @ tx
+        if fw in ("torch", "torch-cuda"):
+            torch, dev, sync = torch_on(fw, threads)
+            a = torch.sparse_csr_tensor(torch.from_numpy(indptr), torch.from_numpy(indices), torch.from_numpy(values), size=(n, n)).to(dev)
+            tx = torch.from_numpy(x).to(dev)
+            return sync(lambda: a @ tx)
         raise NotImplementedError(f"{fw} has no spmm baseline")
     if op == "topk":
         nu, ni, dim, k = meta["users"], meta["items"], meta["d"], meta["k"]
@@ -128,11 +145,10 @@ def build(op, fw, d, meta, threads):
                     res[u, :len(r)] = r
                 return res
             return run
-        if fw == "torch":
-            import torch
-            torch.set_num_threads(threads)
-            tq, ti = torch.from_numpy(q), torch.from_numpy(it)
-            tr, tc = torch.from_numpy(rows), torch.from_numpy(midx)
+        if fw in ("torch", "torch-cuda"):
+            torch, dev, sync = torch_on(fw, threads)
+            tq, ti = torch.from_numpy(q).to(dev), torch.from_numpy(it).to(dev)
+            tr, tc = torch.from_numpy(rows).to(dev), torch.from_numpy(midx).to(dev)
             def run():
                 outs = []
                 for s in range(0, nu, block):
@@ -142,7 +158,7 @@ def build(op, fw, d, meta, threads):
                     sc[tr[lo:hi] - s, tc[lo:hi]] = -float("inf")
                     outs.append(torch.topk(sc, k, dim=1).indices)
                 return outs
-            return run
+            return sync(run)
         raise NotImplementedError(f"{fw} has no top-K baseline")
     if op in ("mf_epoch", "lightgcn_epoch", "sgl_epoch", "ddrm_epoch"):
         if fw != "torch":

@@ -99,6 +99,15 @@ fn bench_suites_run_alone_and_write_json_lines() {
             vec!["bench", "kernels", "--device", "tpu"],
             "unknown --device",
         ),
+        // without the feature: how to get it; with it, only the kernels suite runs on a GPU
+        (
+            vec!["bench", "epoch", "--device", "cuda"],
+            if cfg!(feature = "cuda") {
+                "only the kernels suite"
+            } else {
+                "without the `cuda` feature"
+            },
+        ),
     ] {
         let (code, _, err) = ddrm(&args);
         assert_ne!(code, 0, "{args:?} succeeded");

@@ -2,6 +2,8 @@
 //! measured limits and, with `--vs`, the same operations in NumPy / SciPy / faiss / PyTorch
 //! run from `benches/reference.py` in the same process tree, interleaved A B A B.
 
+#[cfg(feature = "cuda")]
+pub mod gpu;
 pub mod svg;
 pub mod timing;
 
@@ -216,40 +218,133 @@ fn tmpdir() -> Result<tempfile::TempDir> {
     tempfile::tempdir().context("cannot create a temporary directory")
 }
 
+/// (m, n, k, A transposed, B transposed): the forward products of the DDRM denoiser
+/// (138-1000-100-1000-64) and of the DiffRec/MultiVAE-sized MLP (138-600-200-64), then the
+/// denoiser's backward products: dW = Xᵀ·dY (K = batch) and dX = dY·Wᵀ.
+pub const GEMM_SHAPES: &[(usize, usize, usize, bool, bool)] = &[
+    (2048, 1000, 138, false, false),
+    (2048, 100, 1000, false, false),
+    (2048, 1000, 100, false, false),
+    (2048, 64, 1000, false, false),
+    (2048, 600, 138, false, false),
+    (2048, 200, 600, false, false),
+    (2048, 64, 200, false, false),
+    (138, 1000, 2048, true, false),
+    (1000, 100, 2048, true, false),
+    (1000, 64, 2048, true, false),
+    (2048, 1000, 100, false, true),
+    (2048, 100, 1000, false, true),
+    (2048, 1000, 64, false, true),
+];
+
+/// The operands of one GEMM case (normal values, seed 1) and the reference script's folder.
+fn gemm_case(
+    m: usize,
+    n: usize,
+    k: usize,
+    ta: bool,
+    tb: bool,
+) -> Result<(Vec<f32>, Vec<f32>, tempfile::TempDir)> {
+    let mut r = Rng::new(1);
+    let mut a = vec![0f32; m * k];
+    let mut b = vec![0f32; k * n];
+    r.fill_normal(&mut a, 1.0);
+    r.fill_normal(&mut b, 1.0);
+    let dir = tmpdir()?;
+    std::fs::write(
+        dir.path().join("meta.json"),
+        serde_json::to_vec(&serde_json::json!({"m": m, "n": n, "k": k, "ta": ta, "tb": tb}))?,
+    )?;
+    Ok((a, b, dir))
+}
+
+/// "m x k · k x n" with the stored transposes shown.
+fn gemm_shape(m: usize, n: usize, k: usize, ta: bool, tb: bool) -> String {
+    match (ta, tb) {
+        (false, false) => format!("{m}x{k} · {k}x{n}"),
+        (true, _) => format!("({k}x{m})ᵀ · {k}x{n}"),
+        (false, true) => format!("{m}x{k} · ({n}x{k})ᵀ"),
+    }
+}
+
+/// The dataset's normalized graph, a random d-wide x, and the reference script's folder.
+fn spmm_case(ds: &Dataset, d: usize) -> Result<(Graph, Vec<f32>, tempfile::TempDir)> {
+    let g = Graph::new(ds);
+    let n = g.n_nodes();
+    let mut x = vec![0f32; n * d];
+    Rng::new(2).fill_normal(&mut x, 1.0);
+    let dir = tmpdir()?;
+    write_raw(dir.path(), "indptr.bin", &g.adj.indptr)?;
+    write_raw(dir.path(), "indices.bin", &g.adj.indices)?;
+    write_raw(dir.path(), "values.bin", &g.adj.values)?;
+    std::fs::write(
+        dir.path().join("meta.json"),
+        serde_json::to_vec(&serde_json::json!({"n": n, "d": d}))?,
+    )?;
+    Ok((g, x, dir))
+}
+
+/// Top-K evaluation data: every test user's random query (d = 64), random items, and, when
+/// frameworks are compared, the merged train + valid mask rows in the reference's folder.
+struct TopkCase {
+    users: Vec<u32>,
+    q: Vec<f32>,
+    it: Vec<f32>,
+    d: usize,
+    k: usize,
+    dir: tempfile::TempDir,
+}
+
+fn topk_case(ds: &Dataset, write: bool) -> Result<TopkCase> {
+    let (d, k) = (64, 20);
+    let users = crate::eval::eval_users(ds, Split::Test);
+    let (nu, ni) = (users.len(), ds.n_items());
+    let mut r = Rng::new(4);
+    let mut q = vec![0f32; nu * d];
+    let mut it = vec![0f32; ni * d];
+    r.fill_normal(&mut q, 0.3);
+    r.fill_normal(&mut it, 0.3);
+    let masks = [ds.train(), ds.valid()];
+    let dir = tmpdir()?;
+    if write {
+        // merged sorted mask rows of the evaluated users
+        let mut ptr = vec![0u32];
+        let mut idx: Vec<u32> = Vec::new();
+        for &u in &users {
+            let mut m: Vec<u32> = masks
+                .iter()
+                .flat_map(|c| c.row(u as usize).iter().copied())
+                .collect();
+            m.sort_unstable();
+            idx.extend(m);
+            ptr.push(idx.len() as u32);
+        }
+        write_raw(dir.path(), "queries.bin", &q)?;
+        write_raw(dir.path(), "items.bin", &it)?;
+        write_raw(dir.path(), "mask_indptr.bin", &ptr)?;
+        write_raw(dir.path(), "mask_indices.bin", &idx)?;
+        std::fs::write(
+            dir.path().join("meta.json"),
+            serde_json::to_vec(&serde_json::json!({"users": nu, "items": ni, "d": d, "k": k}))?,
+        )?;
+    }
+    Ok(TopkCase {
+        users,
+        q,
+        it,
+        d,
+        k,
+        dir,
+    })
+}
+
 /// Suite `kernels`: GEMM at the model shapes, SpMM on the dataset graph, fused top-K,
 /// element-wise.
 pub fn kernels(ctx: &Ctx, ds: &Dataset) -> Result<Vec<Row>> {
     let mut rows = Vec::new();
-    // (m, n, k, A transposed, B transposed): the forward products of the DDRM denoiser
-    // (138-1000-100-1000-64) and of the DiffRec/MultiVAE-sized MLP (138-600-200-64), then the
-    // denoiser's backward products: dW = Xᵀ·dY (K = batch) and dX = dY·Wᵀ
-    let shapes = [
-        (2048usize, 1000usize, 138usize, false, false),
-        (2048, 100, 1000, false, false),
-        (2048, 1000, 100, false, false),
-        (2048, 64, 1000, false, false),
-        (2048, 600, 138, false, false),
-        (2048, 200, 600, false, false),
-        (2048, 64, 200, false, false),
-        (138, 1000, 2048, true, false),
-        (1000, 100, 2048, true, false),
-        (1000, 64, 2048, true, false),
-        (2048, 1000, 100, false, true),
-        (2048, 100, 1000, false, true),
-        (2048, 1000, 64, false, true),
-    ];
-    for &(m, n, k, ta, tb) in &shapes {
-        let mut r = Rng::new(1);
-        let mut a = vec![0f32; m * k];
-        let mut b = vec![0f32; k * n];
-        r.fill_normal(&mut a, 1.0);
-        r.fill_normal(&mut b, 1.0);
+    for &(m, n, k, ta, tb) in GEMM_SHAPES {
+        let (a, b, dir) = gemm_case(m, n, k, ta, tb)?;
         let mut c = vec![0f32; m * n];
-        let dir = tmpdir()?;
-        std::fs::write(
-            dir.path().join("meta.json"),
-            serde_json::to_vec(&serde_json::json!({"m": m, "n": n, "k": k, "ta": ta, "tb": tb}))?,
-        )?;
         let (t, vs) = ab(ctx, "gemm", Some(dir.path()), &["numpy", "torch"], || {
             gemm(ta, tb, m, n, k, 1.0, &a, &b, 0.0, &mut c)
         });
@@ -257,11 +352,7 @@ pub fn kernels(ctx: &Ctx, ds: &Dataset) -> Result<Vec<Row>> {
         rows.push(Row {
             suite: "kernels".into(),
             name: "gemm".into(),
-            shape: match (ta, tb) {
-                (false, false) => format!("{m}x{k} · {k}x{n}"),
-                (true, _) => format!("({k}x{m})ᵀ · {k}x{n}"),
-                (false, true) => format!("{m}x{k} · ({n}x{k})ᵀ"),
-            },
+            shape: gemm_shape(m, n, k, ta, tb),
             ddrm: t,
             throughput: gf,
             unit: "GFLOP/s".into(),
@@ -271,20 +362,10 @@ pub fn kernels(ctx: &Ctx, ds: &Dataset) -> Result<Vec<Row>> {
         });
     }
     // SpMM on the dataset's normalized graph, d = 64
-    let g = Graph::new(ds);
-    let n = g.n_nodes();
     let d = 64;
-    let mut x = vec![0f32; n * d];
-    Rng::new(2).fill_normal(&mut x, 1.0);
+    let (g, x, dir) = spmm_case(ds, d)?;
+    let n = g.n_nodes();
     let mut y = vec![0f32; n * d];
-    let dir = tmpdir()?;
-    write_raw(dir.path(), "indptr.bin", &g.adj.indptr)?;
-    write_raw(dir.path(), "indices.bin", &g.adj.indices)?;
-    write_raw(dir.path(), "values.bin", &g.adj.values)?;
-    std::fs::write(
-        dir.path().join("meta.json"),
-        serde_json::to_vec(&serde_json::json!({"n": n, "d": d}))?,
-    )?;
     let (t, vs) = ab(ctx, "spmm", Some(dir.path()), &["scipy", "torch"], || {
         crate::kernels::cpu::spmm::spmm(&g.adj, &x, d, &mut y)
     });
@@ -335,39 +416,16 @@ pub fn eval_topk(ctx: &Ctx, ds: &Dataset, suite: &str) -> Result<Vec<Row>> {
 }
 
 fn eval_topk_reps(ctx: &Ctx, ds: &Dataset, suite: &str, reps: usize) -> Result<Vec<Row>> {
-    let d = 64;
-    let k = 20;
-    let users = crate::eval::eval_users(ds, Split::Test);
+    let TopkCase {
+        users,
+        q,
+        it,
+        d,
+        k,
+        dir,
+    } = topk_case(ds, !ctx.vs.is_empty())?;
     let (nu, ni) = (users.len(), ds.n_items());
-    let mut r = Rng::new(4);
-    let mut q = vec![0f32; nu * d];
-    let mut it = vec![0f32; ni * d];
-    r.fill_normal(&mut q, 0.3);
-    r.fill_normal(&mut it, 0.3);
     let masks = [ds.train(), ds.valid()];
-    let dir = tmpdir()?;
-    if !ctx.vs.is_empty() {
-        // merged sorted mask rows of the evaluated users
-        let mut ptr = vec![0u32];
-        let mut idx: Vec<u32> = Vec::new();
-        for &u in &users {
-            let mut m: Vec<u32> = masks
-                .iter()
-                .flat_map(|c| c.row(u as usize).iter().copied())
-                .collect();
-            m.sort_unstable();
-            idx.extend(m);
-            ptr.push(idx.len() as u32);
-        }
-        write_raw(dir.path(), "queries.bin", &q)?;
-        write_raw(dir.path(), "items.bin", &it)?;
-        write_raw(dir.path(), "mask_indptr.bin", &ptr)?;
-        write_raw(dir.path(), "mask_indices.bin", &idx)?;
-        std::fs::write(
-            dir.path().join("meta.json"),
-            serde_json::to_vec(&serde_json::json!({"users": nu, "items": ni, "d": d, "k": k}))?,
-        )?;
-    }
     let (t, vs) = ab_with(
         ctx,
         "topk",

@@ -1,0 +1,135 @@
+//! `ddrm bench kernels --device cuda` (feature `cuda`): the CUDA kernels at the shapes of the
+//! CPU suite (GEMM at the model shapes, SpMM on the dataset graph, fused top-20 of every test
+//! user), each timed to completion on the stream, with `--vs torch-cuda` (PyTorch on the same
+//! GPU: cuBLAS, cuSPARSE, matmul + topk) interleaved A B A B as on the CPU.
+//!
+//! Written without a GPU to run it on: the kernels' correctness is covered by
+//! `tests/kernels_cuda.rs`, and this suite has not produced figures yet.
+
+use super::{
+    ab, gemm_case, gemm_shape, spmm_case, timing, topk_case, Ctx, Row, TopkCase, GEMM_SHAPES,
+};
+use crate::data::Dataset;
+use crate::kernels::cuda::{Gpu, GpuCsr, GpuEpilogue};
+use anyhow::Result;
+
+const FW: &[&str] = &["torch-cuda"];
+
+/// Run `op` once (its error is returned), then time it with a stream synchronization.
+fn timed(
+    ctx: &Ctx,
+    name: &str,
+    dir: &std::path::Path,
+    gpu: &Gpu,
+    mut op: impl FnMut() -> Result<()>,
+) -> Result<(timing::Timing, Vec<super::Versus>)> {
+    op()?;
+    gpu.synchronize()?;
+    Ok(ab(ctx, name, Some(dir), FW, || {
+        op().expect("a GPU operation failed after succeeding once");
+        gpu.synchronize().expect("CUDA stream synchronization");
+    }))
+}
+
+/// The GPU kernel suite on device 0.
+pub fn kernels(ctx: &Ctx, ds: &Dataset) -> Result<Vec<Row>> {
+    let gpu = Gpu::open(0)?;
+    if !ctx.quiet {
+        eprintln!("GPU: {}", gpu.name());
+    }
+    let mut rows = Vec::new();
+    for &(m, n, k, ta, tb) in GEMM_SHAPES {
+        let (a, b, dir) = gemm_case(m, n, k, ta, tb)?;
+        let (ga, gb) = (gpu.upload(&a)?, gpu.upload(&b)?);
+        let mut gc = gpu.zeros::<f32>(m * n)?;
+        let (t, vs) = timed(ctx, "gemm", dir.path(), &gpu, || {
+            gpu.gemm(
+                ta,
+                tb,
+                m,
+                n,
+                k,
+                1.0,
+                &ga,
+                &gb,
+                0.0,
+                &mut gc,
+                GpuEpilogue::default(),
+            )
+        })?;
+        let gf = 2.0 * (m * n * k) as f64 / t.median_ms / 1e6;
+        rows.push(row(
+            "gemm",
+            gemm_shape(m, n, k, ta, tb),
+            t,
+            gf,
+            "GFLOP/s",
+            vs,
+        ));
+    }
+    let d = 64;
+    let (g, x, dir) = spmm_case(ds, d)?;
+    let ga = GpuCsr::from_sparse(&gpu, &g.adj)?;
+    let gx = gpu.upload(&x)?;
+    let mut gy = gpu.zeros::<f32>(g.n_nodes() * d)?;
+    let (t, vs) = timed(ctx, "spmm", dir.path(), &gpu, || {
+        gpu.spmm(&ga, &gx, d, 0.0, &mut gy)
+    })?;
+    let gbs = g.adj.spmm_bytes(d) / t.median_ms / 1e6;
+    let shape = format!("{} nodes, {} nnz, d={d}", g.n_nodes(), g.adj.nnz());
+    rows.push(row("spmm", shape, t, gbs, "GB/s (effective)", vs));
+    let TopkCase {
+        users,
+        q,
+        it,
+        d,
+        k,
+        dir,
+    } = topk_case(ds, !ctx.vs.is_empty())?;
+    let (nu, ni) = (users.len(), ds.n_items());
+    let masks = [
+        GpuCsr::from_view(&gpu, &ds.train())?,
+        GpuCsr::from_view(&gpu, &ds.valid())?,
+    ];
+    let (gq, gi, gu) = (gpu.upload(&q)?, gpu.upload(&it)?, gpu.upload(&users)?);
+    let (mut oi, mut os) = (gpu.zeros::<u32>(nu * k)?, gpu.zeros::<f32>(nu * k)?);
+    let (t, vs) = timed(ctx, "topk", dir.path(), &gpu, || {
+        gpu.fused_topk(
+            &gq,
+            &gi,
+            ni,
+            d,
+            k,
+            &gu,
+            nu,
+            &[&masks[0], &masks[1]],
+            &mut oi,
+            &mut os,
+        )
+    })?;
+    let gf = 2.0 * (nu * ni * d) as f64 / t.median_ms / 1e6;
+    let shape = format!("{nu} users x {ni} items, d={d}");
+    rows.push(row("fused top-20", shape, t, gf, "GFLOP/s", vs));
+    Ok(rows)
+}
+
+fn row(
+    name: &str,
+    shape: String,
+    t: timing::Timing,
+    throughput: f64,
+    unit: &str,
+    vs: Vec<super::Versus>,
+) -> Row {
+    Row {
+        suite: "kernels-cuda".into(),
+        name: name.into(),
+        shape,
+        ddrm: t,
+        throughput,
+        unit: unit.into(),
+        frac_of_limit: None,
+        vs,
+        peak_rss_mib: timing::peak_rss_mib(),
+    }
+}
