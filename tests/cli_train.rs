@@ -1152,7 +1152,7 @@ fn ablation_experiment_switches_one_part_per_row() {
         "experiment",
         "ablation",
         "--variants",
-        "full,recon-only,reweight-only,item-only,start-only,full",
+        "full,recon-only,reweight-only,item-only,start-only,start-only-cosine,full",
         "--dataset",
         &ds,
         "--backend-epochs",
@@ -1176,7 +1176,8 @@ fn ablation_experiment_switches_one_part_per_row() {
             "recon-only",
             "reweight-only",
             "item-only",
-            "start-only"
+            "start-only",
+            "start-only-cosine"
         ]
     );
     let cfg = |tag: &str| -> serde_json::Value {
@@ -1191,6 +1192,9 @@ fn ablation_experiment_switches_one_part_per_row() {
     assert_eq!(cfg("itemonly")["item_only"], true);
     assert_eq!(cfg("full")["item_only"], false);
     assert_eq!(cfg("startonly")["inference"], "start-only");
+    assert_eq!(cfg("startonly")["rounding"], "inner");
+    assert_eq!(cfg("startonlycosine")["inference"], "start-only");
+    assert_eq!(cfg("startonlycosine")["rounding"], "cosine");
     for r in rows {
         assert!(r["recall20"].as_f64().unwrap() > 0.0, "{r}");
     }

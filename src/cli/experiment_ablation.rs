@@ -8,7 +8,7 @@ use super::experiment_common::{
     at20, backend_row, gain, markdown, pair, write_outputs, DdrmExperimentArgs,
 };
 use super::table::render;
-use crate::diffusion::ddrm::{Arch, Inference};
+use crate::diffusion::ddrm::{Arch, Inference, Rounding};
 use anyhow::{bail, Result};
 use clap::{Args, ValueEnum};
 use std::path::PathBuf;
@@ -30,6 +30,10 @@ pub enum Variant {
     NoiseStart,
     /// Rank by the mean of the user's liked items, no reverse steps (the start point's share).
     StartOnly,
+    /// DDRM with cosine rounding instead of the inner product.
+    Cosine,
+    /// The start point alone, rounded by cosine.
+    StartOnlyCosine,
     /// The Transformer denoiser instead of the MLP (Table 3).
     Transformer,
 }
@@ -43,6 +47,8 @@ impl Variant {
             Variant::ItemOnly => "item denoiser only",
             Variant::NoiseStart => "inference from noise",
             Variant::StartOnly => "start point only",
+            Variant::Cosine => "cosine rounding",
+            Variant::StartOnlyCosine => "start point only, cosine rounding",
             Variant::Transformer => "Transformer denoiser",
         }
     }
@@ -54,6 +60,11 @@ impl Variant {
             Variant::ItemOnly => d.item_only = true,
             Variant::NoiseStart => d.inference = Some(Inference::Noise),
             Variant::StartOnly => d.inference = Some(Inference::StartOnly),
+            Variant::Cosine => d.rounding = Some(Rounding::Cosine),
+            Variant::StartOnlyCosine => {
+                d.inference = Some(Inference::StartOnly);
+                d.rounding = Some(Rounding::Cosine);
+            }
             Variant::Transformer => d.arch = Some(Arch::Transformer),
         }
     }
@@ -70,7 +81,7 @@ pub struct AblationArgs {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "full,recon-only,reweight-only,item-only,noise-start,start-only"
+        default_value = "full,recon-only,reweight-only,item-only,noise-start,start-only,start-only-cosine"
     )]
     pub variants: Vec<Variant>,
     /// Output directory (the backend run, one DDRM run per variant, the table).
@@ -103,7 +114,7 @@ pub fn run(a: &AblationArgs, quiet: bool) -> Result<()> {
             eprintln!("== {label}+DDRM: {} ==", v.describe());
         }
         // the start point does not depend on the denoiser: one epoch selects nothing
-        let epochs = (v == Variant::StartOnly).then_some(1);
+        let epochs = matches!(v, Variant::StartOnly | Variant::StartOnlyCosine).then_some(1);
         let r = c.variant(&bdir, epochs, &a.out.join(v.tag()), quiet, |d| v.apply(d))?;
         results.push((v, at20(&r), r.best_epoch));
     }
