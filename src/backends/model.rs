@@ -3,13 +3,14 @@
 //! Â^k E0 for LightGCN/SGL) and a BPR step with a hand-written backward through it.
 
 use super::graph::Graph;
+use super::mf_step::{self, MfScratch};
 use crate::data::Dataset;
 use crate::denoising::deca::{Deca, DecaWeights};
 use crate::denoising::Objective;
 use crate::kernels::cpu::elementwise::{axpy, gather_rows, row_dots, scale};
 use crate::kernels::cpu::spmm::{spmm_ex, SpmmEpilogue};
 use crate::nn::loss;
-use crate::nn::{Adam, AdamConfig, RowSlots};
+use crate::nn::{Adam, AdamConfig};
 use crate::util::rng::Rng;
 use serde::{Deserialize, Serialize};
 
@@ -90,7 +91,7 @@ pub struct Model {
     grad: Vec<f32>,
     dego: Vec<f32>, // graph backends: gradient w.r.t. the ego embeddings (scratch)
     layer_bufs: Vec<Vec<f32>>,
-    slots: RowSlots,       // MF: node -> row in the compact gradient
+    mf: MfScratch,         // MF: row grouping and buffers of the step
     step: u64,             // optimizer steps taken (the T-CE drop schedule, DeCA's phases)
     deca: Option<Deca>,    // DeCA's auxiliary models
     batch_rows: Vec<bool>, // graph backends: the nodes of the current batch
@@ -159,7 +160,7 @@ impl Model {
             grad: vec![0.0; n],
             dego: vec![],
             layer_bufs: vec![],
-            slots: RowSlots::default(),
+            mf: MfScratch::default(),
             step: 0,
             batch_rows: vec![],
             deca,
@@ -336,14 +337,16 @@ impl Model {
         let d = self.cfg.dim;
         let b = users.len();
         let nu = self.n_users as u32;
-        let mut fin = std::mem::take(&mut self.fin);
-        let is_mf = self.cfg.backend == Backend::Mf;
         let pos_n: Vec<u32> = pos.iter().map(|&i| i + nu).collect();
         let neg_n: Vec<u32> = neg.iter().map(|&i| i + nu).collect();
+        if self.cfg.backend == Backend::Mf {
+            return self.mf_step(users, pos, neg, &pos_n, &neg_n);
+        }
+        let mut fin = std::mem::take(&mut self.fin);
         // the batch's nodes: only their final embeddings are read, and only their rows of the
         // gradient w.r.t. the final embeddings are non-zero
         let mut batch_rows = std::mem::take(&mut self.batch_rows);
-        if !is_mf {
+        {
             batch_rows.clear();
             batch_rows.resize(self.n_users + self.n_items, false);
             for &n in users.iter().chain(&pos_n).chain(&neg_n) {
@@ -361,31 +364,15 @@ impl Model {
             );
         }
         let (mut eu, mut ei, mut ej) = (vec![0f32; b * d], vec![0f32; b * d], vec![0f32; b * d]);
-        {
-            let src: &[f32] = if is_mf { &self.ego } else { &fin };
-            gather_rows(src, d, users, &mut eu);
-            gather_rows(src, d, &pos_n, &mut ei);
-            gather_rows(src, d, &neg_n, &mut ej);
-        }
+        gather_rows(&fin, d, users, &mut eu);
+        gather_rows(&fin, d, &pos_n, &mut ei);
+        gather_rows(&fin, d, &neg_n, &mut ej);
         let (mut sp, mut sn) = (vec![0f32; b], vec![0f32; b]);
         row_dots(&eu, &ei, d, &mut sp);
         row_dots(&eu, &ej, d, &mut sn);
         let (mut dp, mut dn) = (vec![0f32; b], vec![0f32; b]);
-        let bpr = match self.deca.as_mut() {
-            Some(deca) => {
-                deca.loss_and_step(self.step, users, pos, neg, &sp, &sn, &mut dp, &mut dn)
-            }
-            None => self
-                .cfg
-                .objective
-                .loss(self.step, &sp, &sn, &mut dp, &mut dn),
-        };
-        self.step += 1;
+        let bpr = self.objective_loss(users, pos, neg, &sp, &sn, &mut dp, &mut dn);
         // gradient w.r.t. final embeddings (dense, mostly zero)
-        if self.cfg.backend == Backend::Mf {
-            self.fin = fin;
-            return self.mf_sparse_step(users, &pos_n, &neg_n, &eu, &ei, &ej, &dp, &dn, bpr);
-        }
         // `grad` is all zeros between batches: only the batch's rows are written, and they
         // are cleared again at the end of the step
         let mut g = std::mem::take(&mut self.grad);
@@ -448,64 +435,52 @@ impl Model {
         }
     }
 
-    /// MF: the gradient touches only the batch's rows, so the update is sparse (lazy Adam on
-    /// those rows); an epoch costs O(interactions), not O(batches x table).
+    /// The objective (or DeCA) on the triplets' scores: loss, and its derivatives w.r.t. the
+    /// positive and negative scores. Counts one optimizer step.
     #[allow(clippy::too_many_arguments)]
-    fn mf_sparse_step(
+    fn objective_loss(
         &mut self,
         users: &[u32],
+        pos: &[u32],
+        neg: &[u32],
+        sp: &[f32],
+        sn: &[f32],
+        dp: &mut [f32],
+        dn: &mut [f32],
+    ) -> f64 {
+        let loss = match self.deca.as_mut() {
+            Some(deca) => deca.loss_and_step(self.step, users, pos, neg, sp, sn, dp, dn),
+            None => self.cfg.objective.loss(self.step, sp, sn, dp, dn),
+        };
+        self.step += 1;
+        loss
+    }
+
+    /// MF: the gradient touches only the batch's rows, so the update is sparse (lazy Adam on
+    /// those rows); an epoch costs O(interactions), not O(batches x table). Nothing is
+    /// gathered: scores and row gradients read the table in place (`mf_step`).
+    fn mf_step(
+        &mut self,
+        users: &[u32],
+        pos: &[u32],
+        neg: &[u32],
         pos_n: &[u32],
         neg_n: &[u32],
-        eu: &[f32],
-        ei: &[f32],
-        ej: &[f32],
-        dp: &[f32],
-        dn: &[f32],
-        bpr: f64,
     ) -> BatchLoss {
         let d = self.cfg.dim;
         let b = users.len();
-        let n_nodes = self.n_users + self.n_items;
-        if self.slots.len() != n_nodes {
-            self.slots = RowSlots::new(n_nodes);
-        }
-        let rows = self
-            .slots
-            .assign(users.iter().chain(pos_n).chain(neg_n).copied());
-        let mut g = vec![0f32; rows.len() * d];
+        let trip = (users, pos_n, neg_n);
+        let (mut sp, mut sn) = (vec![0f32; b], vec![0f32; b]);
+        let mut sq = self.mf.sq_buf(b);
+        mf_step::scores(&self.ego, d, trip, &mut sp, &mut sn, &mut sq);
+        let (mut dp, mut dn) = (vec![0f32; b], vec![0f32; b]);
+        let bpr = self.objective_loss(users, pos, neg, &sp, &sn, &mut dp, &mut dn);
         let rc = self.cfg.reg / b as f32;
-        let mut reg = 0f64;
-        for k in 0..b {
-            let (su, si, sj) = (
-                self.slots.slot(users[k]),
-                self.slots.slot(pos_n[k]),
-                self.slots.slot(neg_n[k]),
-            );
-            let (u, i, j) = (
-                &eu[k * d..(k + 1) * d],
-                &ei[k * d..(k + 1) * d],
-                &ej[k * d..(k + 1) * d],
-            );
-            // a user node and item nodes never share a slot, and pos != neg
-            let (dpk, dnk) = (dp[k], dn[k]);
-            let gu = &mut g[su * d..(su + 1) * d];
-            for t in 0..d {
-                gu[t] += dpk * i[t] + dnk * j[t] + rc * u[t];
-            }
-            let gi = &mut g[si * d..(si + 1) * d];
-            for t in 0..d {
-                gi[t] += dpk * u[t] + rc * i[t];
-            }
-            let gj = &mut g[sj * d..(sj + 1) * d];
-            for t in 0..d {
-                gj[t] += dnk * u[t] + rc * j[t];
-            }
-            let sq = |e: &[f32]| e.iter().map(|v| v * v).sum::<f32>() as f64;
-            reg += 0.5 * (sq(u) + sq(i) + sq(j));
-        }
+        let (rows, g) = self.mf.gradients(&self.ego, d, trip, &dp, &dn, rc);
         self.adam.begin_step();
         self.adam.update_rows(0, &mut self.ego, d, &rows, &g);
-        self.slots.release(&rows);
+        let reg: f64 = sq.iter().sum();
+        self.mf.put_sq(sq);
         BatchLoss {
             bpr,
             reg: reg * self.cfg.reg as f64 / b as f64,
