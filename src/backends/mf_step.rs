@@ -40,7 +40,8 @@ pub fn scores(
     sn: &mut [f32],
     sq: &mut [f64],
 ) {
-    let n_rows = table.len().checked_div(d).unwrap_or(0);
+    assert!(d > 0, "MF step: embedding size 0");
+    let n_rows = table.len() / d;
     for ids in [users, pos, neg] {
         assert_eq!(ids.len(), sp.len(), "MF step: triplet lengths differ");
         if let Some(&bad) = ids.iter().find(|&&r| r as usize >= n_rows) {
@@ -117,13 +118,9 @@ impl MfScratch {
         rc: f32,
     ) -> (Vec<u32>, Vec<f32>) {
         assert!(dp.len() == users.len() && dn.len() == users.len());
-        let n_rows = table.len().checked_div(d).unwrap_or(0);
-        let rows = self.group(n_rows, users, pos, neg);
+        assert!(d > 0, "MF step: embedding size 0");
+        let rows = self.group(table.len() / d, users, pos, neg);
         let mut g = vec![0f32; rows.len() * d];
-        if d == 0 {
-            self.slots.release(&rows);
-            return (rows, g);
-        }
         let (start, entries) = (&self.start, &self.entries);
         g.par_chunks_mut(d)
             .enumerate()
