@@ -102,7 +102,7 @@ proptest! {
         prop_assert_eq!(bits(&sn), bits(&rsn));
         prop_assert_eq!(&rows, &rrows);
         prop_assert_eq!(bits(&g), bits(&rg));
-        for k in 0..b {
+        for (k, &got) in sq.iter().enumerate() {
             let n2 = |r: u32| {
                 c.table[r as usize * c.d..(r as usize + 1) * c.d]
                     .iter()
@@ -110,7 +110,7 @@ proptest! {
                     .sum::<f64>()
             };
             let want = 0.5 * (n2(c.users[k]) + n2(c.pos[k]) + n2(c.neg[k]));
-            prop_assert!((sq[k] - want).abs() <= 1e-5 * (1.0 + want), "L2 half {} vs {}", sq[k], want);
+            prop_assert!((got - want).abs() <= 1e-5 * (1.0 + want), "L2 half {} vs {}", got, want);
         }
     }
 }
