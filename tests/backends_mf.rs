@@ -19,22 +19,29 @@ struct Case {
 }
 
 fn case() -> impl Strategy<Value = Case> {
-    (1usize..6, 1usize..8, 1usize..20, 1usize..70, any::<u64>()).prop_map(
-        |(nu, ni, d, b, seed)| {
-            let mut r = ddrm::util::rng::Rng::new(seed);
-            let n = nu + ni;
-            let mut table = vec![0f32; n * d];
-            r.fill_normal(&mut table, 1.0);
-            let users: Vec<u32> = (0..b).map(|_| r.index(nu) as u32).collect();
-            let pos: Vec<u32> = (0..b).map(|_| (nu + r.index(ni)) as u32).collect();
-            // a negative may equal the positive (a user who has seen every item)
-            let neg: Vec<u32> = (0..b).map(|_| (nu + r.index(ni)) as u32).collect();
-            let dp: Vec<f32> = (0..b).map(|_| r.uniform_f32() - 1.0).collect();
-            let dn: Vec<f32> = (0..b).map(|_| r.uniform_f32()).collect();
-            let rc = r.uniform_f32() * 1e-2;
-            Case { d, table, users, pos, neg, dp, dn, rc }
-        },
-    )
+    (1usize..6, 1usize..8, 1usize..20, 1usize..70, any::<u64>()).prop_map(|(nu, ni, d, b, seed)| {
+        let mut r = ddrm::util::rng::Rng::new(seed);
+        let n = nu + ni;
+        let mut table = vec![0f32; n * d];
+        r.fill_normal(&mut table, 1.0);
+        let users: Vec<u32> = (0..b).map(|_| r.index(nu) as u32).collect();
+        let pos: Vec<u32> = (0..b).map(|_| (nu + r.index(ni)) as u32).collect();
+        // a negative may equal the positive (a user who has seen every item)
+        let neg: Vec<u32> = (0..b).map(|_| (nu + r.index(ni)) as u32).collect();
+        let dp: Vec<f32> = (0..b).map(|_| r.uniform_f32() - 1.0).collect();
+        let dn: Vec<f32> = (0..b).map(|_| r.uniform_f32()).collect();
+        let rc = r.uniform_f32() * 1e-2;
+        Case {
+            d,
+            table,
+            users,
+            pos,
+            neg,
+            dp,
+            dn,
+            rc,
+        }
+    })
 }
 
 /// The code the step replaced: gathered rows, `row_dots`, and one pass over the triplets.
@@ -49,7 +56,13 @@ fn reference(c: &Case) -> (Vec<f32>, Vec<f32>, Vec<u32>, Vec<f32>) {
     let (mut sp, mut sn) = (vec![0f32; b], vec![0f32; b]);
     row_dots(&eu, &ei, d, &mut sp);
     row_dots(&eu, &ej, d, &mut sn);
-    let mut rows: Vec<u32> = c.users.iter().chain(&c.pos).chain(&c.neg).copied().collect();
+    let mut rows: Vec<u32> = c
+        .users
+        .iter()
+        .chain(&c.pos)
+        .chain(&c.neg)
+        .copied()
+        .collect();
     rows.sort_unstable();
     rows.dedup();
     let slot = |r: u32| rows.binary_search(&r).unwrap();

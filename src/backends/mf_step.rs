@@ -95,7 +95,11 @@ impl MfScratch {
         for k in 0..users.len() {
             // pos before neg: when a user has seen every item the negative may equal the
             // positive, and the sequential sum adds the positive's term first
-            for (r, role) in [(users[k], ROLE_USER), (pos[k], ROLE_POS), (neg[k], ROLE_NEG)] {
+            for (r, role) in [
+                (users[k], ROLE_USER),
+                (pos[k], ROLE_POS),
+                (neg[k], ROLE_NEG),
+            ] {
                 let s = self.slots.slot(r);
                 self.entries[next[s] as usize] = (k as u32) << 2 | role;
                 next[s] += 1;
