@@ -80,8 +80,34 @@ fn bench_suites_run_alone_and_write_json_lines() {
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0]["name"], "MF-BPR epoch");
     assert_eq!(rows[0]["unit"], "interactions/s");
+    // a subset of the kernels suite
+    let (code, table, err) = ddrm(&[
+        "-q",
+        "bench",
+        "kernels",
+        "--dataset",
+        &ds,
+        "--reps",
+        "1",
+        "--only",
+        "dX,TANH",
+        "--out",
+        outs,
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let rows = jsonl(&out.join("kernels.jsonl"));
+    let names: Vec<&str> = rows.iter().map(|r| r["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["gemm dX", "gemm dX", "gemm dX", "tanh"], "{table}");
     // bad options
     for (args, want) in [
+        (
+            vec!["bench", "kernels", "--dataset", &ds, "--only", "conv2d"],
+            "no kernel row matches",
+        ),
+        (
+            vec!["bench", "epoch", "--only", "dW"],
+            "--only selects rows of the kernels suite",
+        ),
         (
             vec!["bench", "epoch", "--models", "gru"],
             "unknown model 'gru'",

@@ -7,7 +7,8 @@
 //! `tests/kernels_cuda.rs`, and this suite has not produced figures yet.
 
 use super::{
-    ab, gemm_case, gemm_shape, spmm_case, timing, topk_case, Ctx, Row, TopkCase, GEMM_SHAPES,
+    ab, gemm_case, gemm_name, gemm_shape, spmm_case, timing, topk_case, Ctx, Row, TopkCase,
+    GEMM_SHAPES,
 };
 use crate::data::Dataset;
 use crate::kernels::cuda::{Gpu, GpuCsr, GpuEpilogue};
@@ -39,6 +40,9 @@ pub fn kernels(ctx: &Ctx, ds: &Dataset) -> Result<Vec<Row>> {
     }
     let mut rows = Vec::new();
     for &(m, n, k, ta, tb) in GEMM_SHAPES {
+        if !ctx.wants(gemm_name(ta, tb), &gemm_shape(m, n, k, ta, tb)) {
+            continue;
+        }
         let (a, b, dir) = gemm_case(m, n, k, ta, tb)?;
         let (ga, gb) = (gpu.upload(&a)?, gpu.upload(&b)?);
         let mut gc = gpu.zeros::<f32>(m * n)?;
@@ -59,7 +63,7 @@ pub fn kernels(ctx: &Ctx, ds: &Dataset) -> Result<Vec<Row>> {
         })?;
         let gf = 2.0 * (m * n * k) as f64 / t.median_ms / 1e6;
         rows.push(row(
-            "gemm",
+            gemm_name(ta, tb),
             gemm_shape(m, n, k, ta, tb),
             t,
             gf,
@@ -67,6 +71,17 @@ pub fn kernels(ctx: &Ctx, ds: &Dataset) -> Result<Vec<Row>> {
             vs,
         ));
     }
+    if ctx.wants("spmm", "") {
+        rows.push(spmm_row(ctx, ds, &gpu)?);
+    }
+    if ctx.wants("fused top-20", "") {
+        rows.push(topk_row(ctx, ds, &gpu)?);
+    }
+    Ok(rows)
+}
+
+/// SpMM on the dataset's normalized graph, d = 64.
+fn spmm_row(ctx: &Ctx, ds: &Dataset, gpu: &Gpu) -> Result<Row> {
     let d = 64;
     let (g, x, dir) = spmm_case(ds, d)?;
     let ga = GpuCsr::from_sparse(&gpu, &g.adj)?;
@@ -77,7 +92,11 @@ pub fn kernels(ctx: &Ctx, ds: &Dataset) -> Result<Vec<Row>> {
     })?;
     let gbs = g.adj.spmm_bytes(d) / t.median_ms / 1e6;
     let shape = format!("{} nodes, {} nnz, d={d}", g.n_nodes(), g.adj.nnz());
-    rows.push(row("spmm", shape, t, gbs, "GB/s (effective)", vs));
+    Ok(row("spmm", shape, t, gbs, "GB/s (effective)", vs))
+}
+
+/// The fused top-20 of all test users (train and valid masked).
+fn topk_row(ctx: &Ctx, ds: &Dataset, gpu: &Gpu) -> Result<Row> {
     let TopkCase {
         users,
         q,
@@ -109,8 +128,7 @@ pub fn kernels(ctx: &Ctx, ds: &Dataset) -> Result<Vec<Row>> {
     })?;
     let gf = 2.0 * (nu * ni * d) as f64 / t.median_ms / 1e6;
     let shape = format!("{nu} users x {ni} items, d={d}");
-    rows.push(row("fused top-20", shape, t, gf, "GFLOP/s", vs));
-    Ok(rows)
+    Ok(row("fused top-20", shape, t, gf, "GFLOP/s", vs))
 }
 
 fn row(

@@ -69,6 +69,16 @@ pub struct Ctx {
     pub python: String,
     /// Quiet.
     pub quiet: bool,
+    /// Kernels suite: run only rows whose name or shape contains one of these (lower case).
+    pub only: Vec<String>,
+}
+
+impl Ctx {
+    /// Whether the row `name` / `shape` passes `--only`.
+    pub fn wants(&self, name: &str, shape: &str) -> bool {
+        let text = format!("{name} {shape}").to_lowercase();
+        self.only.is_empty() || self.only.iter().any(|o| text.contains(o.as_str()))
+    }
 }
 
 /// Measure the machine's limits.
@@ -259,6 +269,16 @@ fn gemm_case(
 }
 
 /// "m x k · k x n" with the stored transposes shown.
+/// The row name of a GEMM form: the forward product, or a layer's backward products
+/// dW = Xᵀ·dY and dX = dY·Wᵀ.
+pub(crate) fn gemm_name(ta: bool, tb: bool) -> &'static str {
+    match (ta, tb) {
+        (false, false) => "gemm",
+        (true, _) => "gemm dW",
+        (false, true) => "gemm dX",
+    }
+}
+
 fn gemm_shape(m: usize, n: usize, k: usize, ta: bool, tb: bool) -> String {
     match (ta, tb) {
         (false, false) => format!("{m}x{k} · {k}x{n}"),
@@ -343,6 +363,9 @@ fn topk_case(ds: &Dataset, write: bool) -> Result<TopkCase> {
 pub fn kernels(ctx: &Ctx, ds: &Dataset) -> Result<Vec<Row>> {
     let mut rows = Vec::new();
     for &(m, n, k, ta, tb) in GEMM_SHAPES {
+        if !ctx.wants(gemm_name(ta, tb), &gemm_shape(m, n, k, ta, tb)) {
+            continue;
+        }
         let (a, b, dir) = gemm_case(m, n, k, ta, tb)?;
         let mut c = vec![0f32; m * n];
         let (t, vs) = ab(ctx, "gemm", Some(dir.path()), &["numpy", "torch"], || {
@@ -351,7 +374,7 @@ pub fn kernels(ctx: &Ctx, ds: &Dataset) -> Result<Vec<Row>> {
         let gf = 2.0 * (m * n * k) as f64 / t.median_ms / 1e6;
         rows.push(Row {
             suite: "kernels".into(),
-            name: "gemm".into(),
+            name: gemm_name(ta, tb).into(),
             shape: gemm_shape(m, n, k, ta, tb),
             ddrm: t,
             throughput: gf,
@@ -361,27 +384,12 @@ pub fn kernels(ctx: &Ctx, ds: &Dataset) -> Result<Vec<Row>> {
             peak_rss_mib: timing::peak_rss_mib(),
         });
     }
-    // SpMM on the dataset's normalized graph, d = 64
-    let d = 64;
-    let (g, x, dir) = spmm_case(ds, d)?;
-    let n = g.n_nodes();
-    let mut y = vec![0f32; n * d];
-    let (t, vs) = ab(ctx, "spmm", Some(dir.path()), &["scipy", "torch"], || {
-        crate::kernels::cpu::spmm::spmm(&g.adj, &x, d, &mut y)
-    });
-    let gbs = g.adj.spmm_bytes(d) / t.median_ms / 1e6;
-    rows.push(Row {
-        suite: "kernels".into(),
-        name: "spmm".into(),
-        shape: format!("{n} nodes, {} nnz, d={d}", g.adj.nnz()),
-        ddrm: t,
-        throughput: gbs,
-        unit: "GB/s (effective)".into(),
-        frac_of_limit: Some(gbs / ctx.limits.bandwidth_gbs),
-        vs,
-        peak_rss_mib: timing::peak_rss_mib(),
-    });
-    rows.extend(eval_topk(ctx, ds, "kernels")?);
+    if ctx.wants("spmm", "") {
+        rows.push(spmm_row(ctx, ds)?);
+    }
+    if ctx.wants("fused top-20", "") {
+        rows.extend(eval_topk(ctx, ds, "kernels")?);
+    }
     // element-wise
     let mut e = vec![0f32; 2048 * 1000];
     Rng::new(3).fill_normal(&mut e, 2.0);
@@ -392,6 +400,9 @@ pub fn kernels(ctx: &Ctx, ds: &Dataset) -> Result<Vec<Row>> {
         ),
         ("tanh", crate::kernels::cpu::elementwise::tanh_inplace),
     ] {
+        if !ctx.wants(name, "2048x1000") {
+            continue;
+        }
         let t = time(2, ctx.reps, || f(&mut e));
         let gbs = (e.len() * 8) as f64 / t.median_ms / 1e6;
         rows.push(Row {
@@ -407,6 +418,29 @@ pub fn kernels(ctx: &Ctx, ds: &Dataset) -> Result<Vec<Row>> {
         });
     }
     Ok(rows)
+}
+
+/// SpMM on the dataset's normalized graph, d = 64, against scipy and torch.
+fn spmm_row(ctx: &Ctx, ds: &Dataset) -> Result<Row> {
+    let d = 64;
+    let (g, x, dir) = spmm_case(ds, d)?;
+    let n = g.n_nodes();
+    let mut y = vec![0f32; n * d];
+    let (t, vs) = ab(ctx, "spmm", Some(dir.path()), &["scipy", "torch"], || {
+        crate::kernels::cpu::spmm::spmm(&g.adj, &x, d, &mut y)
+    });
+    let gbs = g.adj.spmm_bytes(d) / t.median_ms / 1e6;
+    Ok(Row {
+        suite: "kernels".into(),
+        name: "spmm".into(),
+        shape: format!("{n} nodes, {} nnz, d={d}", g.adj.nnz()),
+        ddrm: t,
+        throughput: gbs,
+        unit: "GB/s (effective)".into(),
+        frac_of_limit: Some(gbs / ctx.limits.bandwidth_gbs),
+        vs,
+        peak_rss_mib: timing::peak_rss_mib(),
+    })
 }
 
 /// Full-ranking top-20 of all test users against all items (random embeddings, d = 64,

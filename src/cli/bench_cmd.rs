@@ -46,6 +46,10 @@ pub struct BenchArgs {
     /// Models of the epoch suite: mf, lightgcn, sgl, ddrm (comma separated).
     #[arg(long, value_delimiter = ',', default_value = "mf,lightgcn,sgl,ddrm")]
     pub models: Vec<String>,
+    /// Kernels suite: run only the rows whose name or shape contains one of these texts
+    /// (comma separated, case-insensitive), e.g. `--only dW,spmm`.
+    #[arg(long, value_delimiter = ',')]
+    pub only: Vec<String>,
     /// Output directory for JSON lines and plots.
     #[arg(long, default_value = "runs/bench")]
     pub out: PathBuf,
@@ -88,6 +92,12 @@ pub fn run(a: &BenchArgs, quiet: bool) -> Result<()> {
             bail!("unknown model '{m}' in --models (mf, lightgcn, sgl, ddrm)");
         }
     }
+    if !a.only.is_empty() && a.suite != Suite::Kernels {
+        bail!("--only selects rows of the kernels suite (`ddrm bench kernels --only dW`)");
+    }
+    if a.only.iter().any(|o| o.trim().is_empty()) {
+        bail!("--only: empty text");
+    }
     if a.fractions.iter().any(|f| !(*f > 0.0 && *f <= 4.0)) {
         bail!("--fractions must be in (0, 4]");
     }
@@ -109,6 +119,7 @@ pub fn run(a: &BenchArgs, quiet: bool) -> Result<()> {
         limits,
         python: a.python.clone(),
         quiet,
+        only: a.only.iter().map(|s| s.to_lowercase()).collect(),
     };
     let rows: Vec<Row> = match a.suite {
         #[cfg(feature = "cuda")]
@@ -118,6 +129,13 @@ pub fn run(a: &BenchArgs, quiet: bool) -> Result<()> {
         Suite::Eval => bench::eval(&ctx, &crate::data::open(&a.dataset)?)?,
         Suite::Scale => bench::scale(&ctx, &a.fractions, &a.out)?,
     };
+    if rows.is_empty() && !a.only.is_empty() {
+        bail!(
+            "--only {}: no kernel row matches (rows: gemm, gemm dW, gemm dX, spmm, fused top-20, \
+             sigmoid, tanh, and their shapes)",
+            a.only.join(",")
+        );
+    }
     std::fs::create_dir_all(&a.out)?;
     let mut jl = String::new();
     for r in &rows {
