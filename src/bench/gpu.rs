@@ -84,10 +84,10 @@ pub fn kernels(ctx: &Ctx, ds: &Dataset) -> Result<Vec<Row>> {
 fn spmm_row(ctx: &Ctx, ds: &Dataset, gpu: &Gpu) -> Result<Row> {
     let d = 64;
     let (g, x, dir) = spmm_case(ds, d)?;
-    let ga = GpuCsr::from_sparse(&gpu, &g.adj)?;
+    let ga = GpuCsr::from_sparse(gpu, &g.adj)?;
     let gx = gpu.upload(&x)?;
     let mut gy = gpu.zeros::<f32>(g.n_nodes() * d)?;
-    let (t, vs) = timed(ctx, "spmm", dir.path(), &gpu, || {
+    let (t, vs) = timed(ctx, "spmm", dir.path(), gpu, || {
         gpu.spmm(&ga, &gx, d, 0.0, &mut gy)
     })?;
     let gbs = g.adj.spmm_bytes(d) / t.median_ms / 1e6;
@@ -107,12 +107,12 @@ fn topk_row(ctx: &Ctx, ds: &Dataset, gpu: &Gpu) -> Result<Row> {
     } = topk_case(ds, !ctx.vs.is_empty())?;
     let (nu, ni) = (users.len(), ds.n_items());
     let masks = [
-        GpuCsr::from_view(&gpu, &ds.train())?,
-        GpuCsr::from_view(&gpu, &ds.valid())?,
+        GpuCsr::from_view(gpu, &ds.train())?,
+        GpuCsr::from_view(gpu, &ds.valid())?,
     ];
     let (gq, gi, gu) = (gpu.upload(&q)?, gpu.upload(&it)?, gpu.upload(&users)?);
     let (mut oi, mut os) = (gpu.zeros::<u32>(nu * k)?, gpu.zeros::<f32>(nu * k)?);
-    let (t, vs) = timed(ctx, "topk", dir.path(), &gpu, || {
+    let (t, vs) = timed(ctx, "topk", dir.path(), gpu, || {
         gpu.fused_topk(
             &gq,
             &gi,
