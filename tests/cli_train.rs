@@ -192,6 +192,18 @@ fn backends_and_ddrm_train_evaluate_and_recommend() {
         "--batch",
         "512",
     ]);
+    // the start point does not depend on the denoisers: nothing is trained
+    let res: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(Path::new(&so).join("result.json")).unwrap())
+            .unwrap();
+    assert_eq!(res["best_epoch"], 0, "{res}");
+    assert!(
+        res["test"]["at"][1]["recall"].as_f64().unwrap() > 0.0,
+        "{res}"
+    );
+    let ev: serde_json::Value =
+        serde_json::from_str(&ok(&["eval", "--run", &so, "--json"])).unwrap();
+    assert_eq!(ev, test_metrics(Path::new(&so)), "start point only");
 
     // posterior sampling and cosine rounding: seeded, so eval reproduces the result
     let sc = run("mf-sample-cos");
@@ -943,15 +955,25 @@ fn reproduce_runs_every_default_row() {
             "MF-BPR+R-CE",
             "MF-BPR+DeCA",
             "MF-BPR+DDRM",
+            "MF-BPR: start point only",
             "CDAE",
             "MultiVAE",
             "DiffRec"
         ]
     );
     for r in v["rows"].as_array().unwrap() {
-        assert!(r["paper"].is_array(), "{r}");
+        // the start point has no counterpart in the paper
+        let start = r["model"].as_str().unwrap().ends_with("start point only");
+        assert_eq!(r["paper"].is_array(), !start, "{r}");
         assert!(r["ours"][1].as_f64().unwrap() > 0.0, "{r}");
     }
+    let start = &v["rows"][5];
+    assert_eq!(start["best_epoch"], 0, "{start}");
+    let cfg: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(Path::new(&out).join("mf-start").join("config.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(cfg["config"]["ddrm"]["inference"], "start-only", "{cfg}");
     let md = std::fs::read_to_string(Path::new(&out).join("table.md")).unwrap();
     assert!(
         md.contains("| DiffRec |") && md.contains("Total time"),
@@ -1229,6 +1251,7 @@ fn reproduce_adds_adagcl_on_request() {
         "mf",
         "--baselines",
         "adagcl",
+        "--no-start-point",
         "--backend-epochs",
         "2",
         "--ddrm-epochs",

@@ -113,9 +113,8 @@ pub fn run(a: &AblationArgs, quiet: bool) -> Result<()> {
         if !quiet {
             eprintln!("== {label}+DDRM: {} ==", v.describe());
         }
-        // the start point does not depend on the denoiser: one epoch selects nothing
-        let epochs = matches!(v, Variant::StartOnly | Variant::StartOnlyCosine).then_some(1);
-        let r = c.variant(&bdir, epochs, &a.out.join(v.tag()), quiet, |d| v.apply(d))?;
+        // (the start-point variants train nothing: see `train_ddrm`)
+        let r = c.variant(&bdir, None, &a.out.join(v.tag()), quiet, |d| v.apply(d))?;
         results.push((v, at20(&r), r.best_epoch));
     }
     let secs = t0.elapsed().as_secs_f64();

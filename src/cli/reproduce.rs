@@ -7,6 +7,7 @@ use super::run_dir::RunResult;
 use super::table::render;
 use super::train_cmd::{run_train, Denoise, ModelName, TrainArgs};
 use crate::backends::{Augment, Backend};
+use crate::diffusion::ddrm::Inference;
 use anyhow::{bail, Result};
 use clap::{Args, ValueEnum};
 use serde::Serialize;
@@ -51,6 +52,10 @@ pub struct ReproduceArgs {
     /// Override DDRM's maximum epochs.
     #[arg(long)]
     pub ddrm_epochs: Option<usize>,
+    /// Leave out the "start point only" rows (DDRM's inference start, the mean of the user's
+    /// liked items, ranked without the denoiser).
+    #[arg(long)]
+    pub no_start_point: bool,
     /// Comparison systems of Table 2 to train too: T-CE, R-CE and DeCA retrain each backend of
     /// `--baselines-on` with their loss; CDAE, MultiVAE and DiffRec are trained once each.
     #[arg(
@@ -323,6 +328,15 @@ pub fn run(a: &ReproduceArgs, quiet: bool) -> Result<()> {
         let ddir = a.out.join(format!("{name}-ddrm"));
         let r = ddrm_stage(b, a.recipe, &bdir, a.seed, a.ddrm_epochs, &ddir, quiet)?;
         rows.push(row(format!("{}+DDRM", b.label()), &r, ddir));
+        if !a.no_start_point {
+            // DDRM's inference without the denoiser: the mean of the liked items, rounded the
+            // same way (nothing is trained; the share of the gain the denoiser brings)
+            let sdir = a.out.join(format!("{name}-start"));
+            let r = ddrm_stage_with(b, a.recipe, &bdir, a.seed, None, &sdir, quiet, |d| {
+                d.inference = Some(Inference::StartOnly)
+            })?;
+            rows.push(row(format!("{}: start point only", b.label()), &r, sdir));
+        }
     }
     for (x, m) in [
         (Baseline::Cdae, ModelName::Cdae),

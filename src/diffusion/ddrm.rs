@@ -959,6 +959,22 @@ pub fn train_ddrm(
     mut on_record: impl FnMut(&DdrmRecord),
 ) -> DdrmOutcome {
     let cfg = model.cfg.clone();
+    if cfg.inference == Inference::StartOnly && model.joint.is_none() {
+        // the start point (mean of the liked items' frozen embeddings) does not depend on the
+        // denoisers: there is nothing to train or to select (best epoch 0, no history)
+        let best_valid = model.evaluate(ds, Split::Valid, cfg.seed);
+        let t0 = Instant::now();
+        let test = model.evaluate(ds, Split::Test, cfg.seed);
+        return DdrmOutcome {
+            best_epoch: 0,
+            best_valid,
+            test,
+            history: Vec::new(),
+            epoch_seconds: 0.0,
+            gflops: 0.0,
+            eval_seconds: t0.elapsed().as_secs_f64(),
+        };
+    }
     let mut trainer = DdrmTrainer::new(model);
     // best epoch: its denoisers and, under --joint, its embeddings
     type Snapshot = (Denoiser, Denoiser, Option<(Vec<f32>, JointBackend)>);
