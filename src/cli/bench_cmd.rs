@@ -77,8 +77,6 @@ pub fn run(a: &BenchArgs, quiet: bool) -> Result<()> {
         ),
         other => bail!("unknown --device '{other}' (cpu or cuda)"),
     };
-    #[cfg(not(feature = "cuda"))]
-    let _ = cuda;
     if a.reps == 0 {
         bail!("--reps must be at least 1");
     }
@@ -109,10 +107,19 @@ pub fn run(a: &BenchArgs, quiet: bool) -> Result<()> {
         );
         vs.clear();
     }
-    if !quiet {
-        eprintln!("measuring machine limits (FMA peak, memory bandwidth)...");
-    }
-    let limits = bench::measure_limits();
+    // the CPU's limits mean nothing to GPU rows: not measured there
+    let limits = if cuda {
+        bench::Limits {
+            fma_gflops: f64::NAN,
+            bandwidth_gbs: f64::NAN,
+            threads: rayon::current_num_threads(),
+        }
+    } else {
+        if !quiet {
+            eprintln!("measuring machine limits (FMA peak, memory bandwidth)...");
+        }
+        bench::measure_limits()
+    };
     let ctx = Ctx {
         reps: a.reps,
         vs,
@@ -148,13 +155,15 @@ pub fn run(a: &BenchArgs, quiet: bool) -> Result<()> {
         print!("{jl}");
         return Ok(());
     }
-    println!(
-        "machine: {} threads, FMA peak {:.0} GFLOP/s, read bandwidth {:.1} GB/s, ISA {}",
-        limits.threads,
-        limits.fma_gflops,
-        limits.bandwidth_gbs,
-        crate::kernels::cpu::Isa::detect().name()
-    );
+    if !cuda {
+        println!(
+            "machine: {} threads, FMA peak {:.0} GFLOP/s, read bandwidth {:.1} GB/s, ISA {}",
+            limits.threads,
+            limits.fma_gflops,
+            limits.bandwidth_gbs,
+            crate::kernels::cpu::Isa::detect().name()
+        );
+    }
     let mut fws: Vec<String> = Vec::new();
     for r in &rows {
         for v in &r.vs {
