@@ -1,22 +1,6 @@
 // Element-wise and row kernels. Activation codes: 0 none, 1 relu, 2 tanh, 3 sigmoid.
 
-__device__ __forceinline__ float e_act(float x, int act) {
-    switch (act) {
-        case 1: return x > 0.0f ? x : 0.0f;
-        case 2: return tanhf(x);
-        case 3: return 1.0f / (1.0f + expf(-x));
-        default: return x;
-    }
-}
-
-__device__ __forceinline__ float e_dact(float y, int act) {
-    switch (act) {
-        case 1: return y > 0.0f ? 1.0f : 0.0f;
-        case 2: return 1.0f - y * y;
-        case 3: return y * (1.0f - y);
-        default: return 1.0f;
-    }
-}
+#include "activation.cuh"
 
 // Numerically stable softplus log(1 + e^x).
 __device__ __forceinline__ float e_softplus(float x) {
@@ -26,14 +10,14 @@ __device__ __forceinline__ float e_softplus(float x) {
 // y = act(x), in place allowed.
 extern "C" __global__ void act_forward(int n, int act, const float* __restrict__ x, float* y) {
     int i = blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < n) y[i] = e_act(x[i], act);
+    if (i < n) y[i] = act_apply(x[i], act);
 }
 
 // dx = dy * act'(y), the derivative through the activation's output y.
 extern "C" __global__ void act_backward(int n, int act, const float* __restrict__ y,
                                         const float* __restrict__ dy, float* dx) {
     int i = blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < n) dx[i] = dy[i] * e_dact(y[i], act);
+    if (i < n) dx[i] = dy[i] * act_grad_from_output(y[i], act);
 }
 
 // out[r] = a[r, :] . b[r, :], one warp per row.

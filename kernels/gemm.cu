@@ -13,23 +13,7 @@
 #define TN 64
 #define TK 16
 
-__device__ __forceinline__ float g_act(float x, int act) {
-    switch (act) {
-        case 1: return x > 0.0f ? x : 0.0f;
-        case 2: return tanhf(x);
-        case 3: return 1.0f / (1.0f + expf(-x));
-        default: return x;
-    }
-}
-
-__device__ __forceinline__ float g_dact(float y, int act) {
-    switch (act) {
-        case 1: return y > 0.0f ? 1.0f : 0.0f;
-        case 2: return 1.0f - y * y;
-        case 3: return y * (1.0f - y);
-        default: return 1.0f;
-    }
-}
+#include "activation.cuh"
 
 extern "C" __global__ void gemm_f32(int ta, int tb, int m, int n, int k, float alpha,
                                     const float* __restrict__ a, const float* __restrict__ b,
@@ -100,8 +84,8 @@ extern "C" __global__ void gemm_f32(int ta, int tb, int m, int n, int k, float a
             float v = alpha * acc[i][j];
             if (beta != 0.0f) v += beta * c[at];
             if (has_bias) v += bias[col];
-            v = g_act(v, act);
-            if (grad_act) v *= g_dact(gy[at], grad_act);
+            v = act_apply(v, act);
+            if (grad_act) v *= act_grad_from_output(gy[at], grad_act);
             c[at] = v;
         }
     }

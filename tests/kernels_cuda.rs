@@ -314,3 +314,23 @@ fn gpu_ops_refuse_bad_input() {
     let e = g.spmm_host(&a, &[0.0; 4], 2).unwrap_err();
     assert!(format!("{e:#}").contains("column id 5"), "{e:#}");
 }
+
+/// The shared header is pasted in for NVRTC; an unknown header is an error naming it.
+#[test]
+fn includes_are_expanded_for_nvrtc() {
+    let (_, gemm_src, _) = cuda::sources::SOURCES
+        .iter()
+        .find(|s| s.0 == "gemm")
+        .unwrap();
+    assert!(gemm_src.contains("#include \"activation.cuh\""));
+    let x = cuda::compile::expand("gemm", gemm_src).unwrap();
+    let directive = |d: &str| x.lines().any(|l| l.trim_start().starts_with(d));
+    assert!(!directive("#include"), "an include is left");
+    assert!(!directive("#pragma once"));
+    assert_eq!(x.matches("float act_apply(").count(), 1);
+    let err = cuda::compile::expand("x", "#include \"nope.cuh\"\n").unwrap_err();
+    assert!(
+        format!("{err}").contains("unknown header \"nope.cuh\""),
+        "{err}"
+    );
+}

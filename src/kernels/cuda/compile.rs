@@ -2,7 +2,7 @@
 //! time. NVRTC needs no GPU, so `compile_all` also checks, on a machine without one, that
 //! every kernel compiles.
 
-use super::sources::{ARCH, PREBUILT_PTX, SOURCES};
+use super::sources::{ARCH, HEADERS, PREBUILT_PTX, SOURCES};
 use anyhow::{anyhow, bail, Result};
 use cudarc::nvrtc::{compile_ptx_with_opts, CompileOptions, Ptx};
 
@@ -30,7 +30,35 @@ pub fn compile_with_nvrtc(name: &str) -> Result<Ptx> {
         name: Some(format!("{name}.cu")),
         ..Default::default()
     };
+    let src = expand(name, src)?;
     compile_ptx_with_opts(src, opts).map_err(|e| anyhow!("kernels/{name}.cu: {e}"))
+}
+
+/// The source with each `#include "NAME"` of a header in [`HEADERS`] replaced by that
+/// header's text (NVRTC compiles from memory; nvcc reads the file beside the source). Any
+/// other quoted include is an error.
+pub fn expand(name: &str, src: &str) -> Result<String> {
+    let mut out = String::with_capacity(src.len() + 2048);
+    for line in src.lines() {
+        let t = line.trim_start();
+        if let Some(rest) = t.strip_prefix("#include \"") {
+            let inc = rest.split('"').next().unwrap_or_default();
+            let (_, text) = HEADERS
+                .iter()
+                .find(|h| h.0 == inc)
+                .ok_or_else(|| anyhow!("kernels/{name}.cu: unknown header \"{inc}\""))?;
+            // a pasted header is part of the main file, where `#pragma once` draws a warning
+            for h in text.lines().filter(|l| l.trim() != "#pragma once") {
+                out.push_str(h);
+                out.push('\n');
+            }
+            continue;
+        } else {
+            out.push_str(line);
+        }
+        out.push('\n');
+    }
+    Ok(out)
 }
 
 /// The PTX of one module: nvcc's from the build, else NVRTC's.

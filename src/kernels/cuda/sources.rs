@@ -1,5 +1,11 @@
 //! The CUDA sources of `kernels/`, embedded, with the entry points each one defines.
 
+/// Headers the sources `#include "NAME"` (pasted in for NVRTC, see `compile::expand`).
+pub const HEADERS: &[(&str, &str)] = &[(
+    "activation.cuh",
+    include_str!("../../../kernels/activation.cuh"),
+)];
+
 /// (module name, CUDA source, kernels it defines).
 pub const SOURCES: &[(&str, &str, &[&str])] = &[
     (
