@@ -331,6 +331,9 @@ pub fn run(a: &ReproduceArgs, quiet: bool) -> Result<()> {
         if !a.no_start_point {
             // DDRM's inference without the denoiser: the mean of the liked items, rounded the
             // same way (nothing is trained; the share of the gain the denoiser brings)
+            if !quiet {
+                eprintln!("== {}: start point only ==", b.label());
+            }
             let sdir = a.out.join(format!("{name}-start"));
             let r = ddrm_stage_with(b, a.recipe, &bdir, a.seed, None, &sdir, quiet, |d| {
                 d.inference = Some(Inference::StartOnly)
