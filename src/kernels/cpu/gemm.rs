@@ -435,11 +435,22 @@ fn deep_k(
         for pc in (0..k).step_by(KC) {
             let kc = KC.min(k - pc);
             let beta_eff = if pc == 0 { beta } else { 1.0 };
-            for jp in jp0..jp1 {
-                let col = jp * NR;
-                let cols = NR.min(n - col);
-                let b_panel = &bp[jp * NR * k + pc * NR..jp * NR * k + (pc + kc) * NR];
-                for ip in (i0 / MR)..i1.div_ceil(MR) {
+            // Aᵀ read in place (dW = Xᵀ·dY) takes a cache line per element row of its panel:
+            // keep one A panel in L1 across the task's few B panels (deep-K has at most 8 at
+            // K = 2048) rather than streaming the strided A panels past one B panel (15-30%
+            // faster at the denoiser's dW 1000x100 and 1000x64 in an interleaved A/B)
+            let a_outer = ta;
+            let (o0, o1, q0, q1) = if a_outer {
+                ((i0 / MR), i1.div_ceil(MR), jp0, jp1)
+            } else {
+                (jp0, jp1, (i0 / MR), i1.div_ceil(MR))
+            };
+            for outer in o0..o1 {
+                for inner in q0..q1 {
+                    let (jp, ip) = if a_outer { (inner, outer) } else { (outer, inner) };
+                    let col = jp * NR;
+                    let cols = NR.min(n - col);
+                    let b_panel = &bp[jp * NR * k + pc * NR..jp * NR * k + (pc + kc) * NR];
                     let rows = MR.min(m - ip * MR);
                     // SAFETY: each task owns a disjoint (rows, cols) region of C; a full panel
                     // read in place lies inside A (checked on entry), the tail panel is packed.
@@ -561,6 +572,7 @@ fn apply_epilogue(row: &mut [f32], epi: Epilogue, at: usize) {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 #[allow(clippy::too_many_arguments)]
 fn pack_a(
     a: &[f32],
