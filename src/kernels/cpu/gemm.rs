@@ -447,7 +447,11 @@ fn deep_k(
             };
             for outer in o0..o1 {
                 for inner in q0..q1 {
-                    let (jp, ip) = if a_outer { (inner, outer) } else { (outer, inner) };
+                    let (jp, ip) = if a_outer {
+                        (inner, outer)
+                    } else {
+                        (outer, inner)
+                    };
                     let col = jp * NR;
                     let cols = NR.min(n - col);
                     let b_panel = &bp[jp * NR * k + pc * NR..jp * NR * k + (pc + kc) * NR];
@@ -572,7 +576,6 @@ fn apply_epilogue(row: &mut [f32], epi: Epilogue, at: usize) {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 #[allow(clippy::too_many_arguments)]
 fn pack_a(
     a: &[f32],
