@@ -117,6 +117,35 @@ proptest! {
     }
 
     #[test]
+    fn wide_transposed_a_order_equals_block_outer_order(
+        m in 1usize..40, n in 330usize..700, k in 257usize..900, tb: bool, seed in 0u64..1000,
+        beta in prop::sample::select(vec![0.0f32, 1.0]),
+        act in prop::sample::select(vec![Act::None, Act::Tanh])
+    ) {
+        // Aᵀ over several K blocks with B too large for deep-K (over 1 MiB packed): the
+        // task-local-B order sums the same products in the same order, column sums included
+        prop_assume!(n.div_ceil(16) * 16 * k > 1 << 18);
+        let mut r = ddrm::util::rng::Rng::new(seed);
+        let mut rv = |len: usize| (0..len).map(|_| r.uniform_f32() * 2.0 - 1.0).collect::<Vec<f32>>();
+        let (a, b, c0, bias) = (rv(m * k), rv(k * n), rv(m * n), rv(n));
+        let epi = Epilogue { bias: Some(&bias), act, grad_of: None };
+        for isa in Isa::available() {
+            let (mut x, mut y) = (c0.clone(), c0.clone());
+            let mut sums = vec![0f32; n];
+            gemm_ex_col_sums(isa, true, tb, m, n, k, 0.7, &a, &b, beta, &mut x, epi, &mut sums);
+            gemm_ex_block_outer(isa, true, tb, m, n, k, 0.7, &a, &b, beta, &mut y, epi);
+            prop_assert_eq!(x.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), y.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), "{:?} m{} n{} k{}", isa, m, n, k);
+            let mut want = vec![0f32; n];
+            for p in 0..k {
+                for (j, w) in want.iter_mut().enumerate() {
+                    *w += if tb { b[j * k + p] } else { b[p * n + j] };
+                }
+            }
+            prop_assert_eq!(sums.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), want.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), "sums {:?}", isa);
+        }
+    }
+
+    #[test]
     fn elementwise_functions_match_scalar_references(x in prop::collection::vec(prop_oneof![-10f32..10.0, -200f32..200.0, -1e-3f32..1e-3], 0..100)) {
         let mut e = x.clone(); ew::exp_inplace(&mut e);
         let mut s = x.clone(); ew::sigmoid_inplace(&mut s);

@@ -20,6 +20,9 @@ const MC: usize = 72;
 const NC: usize = 2048;
 /// Largest B (floats, packed to full depth) for the deep-K order: 1 MiB.
 const DEEP_K_MAX_B: usize = 1 << 18;
+/// Most rows for the task-local-B order ([`local_b`]): every task runs all of them against
+/// its B panels, so A's K block (rows x KC, 288 KiB here) should stay in L2.
+const LOCAL_B_MAX_M: usize = 4 * MC;
 
 /// Element-wise activation applied in a GEMM epilogue or by the nn blocks.
 #[derive(
@@ -288,6 +291,15 @@ fn gemm_core(
         deep_k(ta, tb, m, n, k, alpha, a, b, beta, c, epi, b_col_sums);
         return;
     }
+    // Aᵀ read in place over several K blocks with a B too large for deep-K and few rows (dW =
+    // Xᵀ·dY of a first layer, 138 x 1000): one parallel region over column chunks, each task
+    // packing its own B (4-13% faster than the block-outer order at dW 138x1000 over K =
+    // 2048, in 14 of 16 quantiles of an interleaved A/B)
+    #[cfg(target_arch = "x86_64")]
+    if direct_a && ta && k > KC && m <= LOCAL_B_MAX_M && !block_outer {
+        local_b(tb, m, n, k, alpha, a, b, beta, c, epi, b_col_sums);
+        return;
+    }
     // packing buffers reused across calls (taken out of the thread-local, so a nested call
     // on this thread simply allocates its own); fresh buffers cost page faults every call
     let a_len = m_panels * MR * KC.min(k);
@@ -476,6 +488,98 @@ fn deep_k(
         unsafe { epilogue_region(cptr.get(), n, i0..i1, jp0 * NR..(jp1 * NR).min(n), epi) };
     });
     PACK.with(|p| *p.borrow_mut() = (apv, bpv));
+}
+
+thread_local! {
+    static TASK_B: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The product for Aᵀ read in place (A stored k x m, m ≤ [`LOCAL_B_MAX_M`]) over several K
+/// blocks when B is too large for [`deep_k`]: one parallel region over chunks of B's column
+/// panels, no barrier per K block. Each task packs its own panels block by block (each of
+/// B's elements is packed once), runs them against every A panel (B panel outer, in L1; A's
+/// K block in L2; an A-panel-outer order was slower here), and keeps its columns of C in
+/// cache across the blocks. Same sums in the same order as the block-outer loop, so the
+/// same bits, column sums of op(B) included.
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+fn local_b(
+    tb: bool,
+    m: usize,
+    n: usize,
+    k: usize,
+    alpha: f32,
+    a: &[f32],
+    b: &[f32],
+    beta: f32,
+    c: &mut [f32],
+    epi: Epilogue,
+    b_col_sums: Option<&mut [f32]>,
+) {
+    let threads = rayon::current_num_threads().max(1);
+    let m_panels = m.div_ceil(MR);
+    let n_panels = n.div_ceil(NR);
+    // about four chunks per thread, at most 8 panels (128 KiB of B per K block) each
+    let per = n_panels.div_ceil(4 * threads).clamp(1, 8);
+    let n_chunks = n_panels.div_ceil(per);
+    let (mut ap, bp) = PACK.with(|p| std::mem::take(&mut *p.borrow_mut()));
+    // the partial last panel of A, packed to its full depth
+    let tail = !m.is_multiple_of(MR);
+    if tail {
+        ap.resize(ap.len().max(MR * k), 0.0);
+        pack_a(a, true, m, k, (m_panels - 1) * MR, 0, k, &mut ap[..MR * k]);
+    }
+    let cptr = SendPtr(c.as_mut_ptr());
+    let sptr = b_col_sums.map(|s| SendPtr(s.as_mut_ptr()));
+    let apr = &ap;
+    (0..n_chunks).into_par_iter().for_each(|nb| {
+        let jp0 = nb * per;
+        let jp1 = (jp0 + per).min(n_panels);
+        let (c0, c1) = (jp0 * NR, (jp1 * NR).min(n));
+        let mut bl = TASK_B.with(|p| std::mem::take(&mut *p.borrow_mut()));
+        bl.resize(bl.len().max((jp1 - jp0) * NR * KC), 0.0);
+        for pc in (0..k).step_by(KC) {
+            let kc = KC.min(k - pc);
+            let beta_eff = if pc == 0 { beta } else { 1.0 };
+            for jp in jp0..jp1 {
+                let d = &mut bl[(jp - jp0) * NR * kc..(jp - jp0 + 1) * NR * kc];
+                pack_b(b, tb, n, k, jp * NR, n, pc, kc, d);
+                if let Some(sp) = sptr {
+                    let cols = NR.min(n - jp * NR);
+                    // SAFETY: this task alone owns columns c0..c1 of the sums.
+                    let s = unsafe { std::slice::from_raw_parts_mut(sp.get().add(jp * NR), cols) };
+                    for p in 0..kc {
+                        for (sv, &v) in s.iter_mut().zip(&d[p * NR..p * NR + cols]) {
+                            *sv += v;
+                        }
+                    }
+                }
+            }
+            for jp in jp0..jp1 {
+                for ip in 0..m_panels {
+                    let rows = MR.min(m - ip * MR);
+                    let col = jp * NR;
+                    let cols = NR.min(n - col);
+                    let b_panel = &bl[(jp - jp0) * NR * kc..(jp - jp0 + 1) * NR * kc];
+                    // SAFETY: each task owns columns c0..c1 of C; a full panel read in place
+                    // lies inside A (checked on entry), the tail panel is packed.
+                    unsafe {
+                        let cp = cptr.get().add(ip * MR * n + col);
+                        let (ptr, rs, cs) = if rows < MR {
+                            (apr.as_ptr().add(pc * MR), 1, MR)
+                        } else {
+                            (a.as_ptr().add(pc * m + ip * MR), 1, m)
+                        };
+                        avx2::tile(kc, ptr, rs, cs, b_panel, cp, n, rows, cols, alpha, beta_eff);
+                    }
+                }
+            }
+        }
+        TASK_B.with(|p| *p.borrow_mut() = bl);
+        // SAFETY: same disjoint columns as above.
+        unsafe { epilogue_region(cptr.get(), n, 0..m, c0..c1, epi) };
+    });
+    PACK.with(|p| *p.borrow_mut() = (ap, bp));
 }
 
 /// Pack the NR-column panels of `op(B)`'s columns `jc..jc + nc`, rows `p0..p0 + kc`, into
