@@ -422,15 +422,10 @@ fn deep_k(
     b_col_sums: Option<&mut [f32]>,
 ) {
     let threads = rayon::current_num_threads().max(1);
-    let m_panels = m.div_ceil(MR);
     let n_panels = n.div_ceil(NR);
     let (mut ap, mut bp) = PACK.with(|p| std::mem::take(&mut *p.borrow_mut()));
     // the partial last panel of A (m not a multiple of MR), packed to its full depth
-    let tail = !m.is_multiple_of(MR);
-    if tail {
-        ap.resize(ap.len().max(MR * k), 0.0);
-        pack_a(a, ta, m, k, (m_panels - 1) * MR, 0, k, &mut ap[..MR * k]);
-    }
+    pack_a_tail(a, ta, m, k, &mut ap);
     bp.resize(bp.len().max(n_panels * NR * k), 0.0);
     // B panels to full depth; the column sums in row order, panel by panel
     pack_b_panels(b, tb, n, k, 0, n, 0, k, &mut bp, b_col_sums);
@@ -472,13 +467,7 @@ fn deep_k(
                     // read in place lies inside A (checked on entry), the tail panel is packed.
                     unsafe {
                         let cp = cptr.get().add(ip * MR * n + col);
-                        let (ptr, rs, cs) = if rows < MR {
-                            (ap.as_ptr().add(pc * MR), 1, MR)
-                        } else if ta {
-                            (a.as_ptr().add(pc * m + ip * MR), 1, m)
-                        } else {
-                            (a.as_ptr().add(ip * MR * k + pc), k, 1)
-                        };
+                        let (ptr, rs, cs) = a_panel(a, ap, ta, m, k, ip, pc);
                         avx2::tile(kc, ptr, rs, cs, b_panel, cp, n, rows, cols, alpha, beta_eff);
                     }
                 }
@@ -524,11 +513,7 @@ fn local_b(
     let n_chunks = n_panels.div_ceil(per);
     let (mut ap, bp) = PACK.with(|p| std::mem::take(&mut *p.borrow_mut()));
     // the partial last panel of A, packed to its full depth
-    let tail = !m.is_multiple_of(MR);
-    if tail {
-        ap.resize(ap.len().max(MR * k), 0.0);
-        pack_a(a, true, m, k, (m_panels - 1) * MR, 0, k, &mut ap[..MR * k]);
-    }
+    pack_a_tail(a, true, m, k, &mut ap);
     let cptr = SendPtr(c.as_mut_ptr());
     let sptr = b_col_sums.map(|s| SendPtr(s.as_mut_ptr()));
     let apr = &ap;
@@ -565,11 +550,7 @@ fn local_b(
                     // lies inside A (checked on entry), the tail panel is packed.
                     unsafe {
                         let cp = cptr.get().add(ip * MR * n + col);
-                        let (ptr, rs, cs) = if rows < MR {
-                            (apr.as_ptr().add(pc * MR), 1, MR)
-                        } else {
-                            (a.as_ptr().add(pc * m + ip * MR), 1, m)
-                        };
+                        let (ptr, rs, cs) = a_panel(a, apr, true, m, k, ip, pc);
                         avx2::tile(kc, ptr, rs, cs, b_panel, cp, n, rows, cols, alpha, beta_eff);
                     }
                 }
@@ -580,6 +561,49 @@ fn local_b(
         unsafe { epilogue_region(cptr.get(), n, 0..m, c0..c1, epi) };
     });
     PACK.with(|p| *p.borrow_mut() = (ap, bp));
+}
+
+/// For the full-depth orders: pack the partial last MR-row panel of op(A) (when m is not a
+/// multiple of MR) to its full depth into `ap`.
+fn pack_a_tail(a: &[f32], ta: bool, m: usize, k: usize, ap: &mut Vec<f32>) {
+    if !m.is_multiple_of(MR) {
+        ap.resize(ap.len().max(MR * k), 0.0);
+        pack_a(
+            a,
+            ta,
+            m,
+            k,
+            (m.div_ceil(MR) - 1) * MR,
+            0,
+            k,
+            &mut ap[..MR * k],
+        );
+    }
+}
+
+/// Where the micro-kernel reads A panel `ip` at K offset `pc`, as `(pointer, row stride,
+/// column stride)`: a full panel in place in A, the partial last one in `tail` (packed to
+/// full depth by [`pack_a_tail`]).
+///
+/// # Safety
+/// `ip` must be a panel of A (`ip * MR < m`) and `pc < k`.
+#[inline]
+unsafe fn a_panel(
+    a: &[f32],
+    tail: &[f32],
+    ta: bool,
+    m: usize,
+    k: usize,
+    ip: usize,
+    pc: usize,
+) -> (*const f32, usize, usize) {
+    if MR.min(m - ip * MR) < MR {
+        (tail.as_ptr().add(pc * MR), 1, MR)
+    } else if ta {
+        (a.as_ptr().add(pc * m + ip * MR), 1, m)
+    } else {
+        (a.as_ptr().add(ip * MR * k + pc), k, 1)
+    }
 }
 
 /// Pack the NR-column panels of `op(B)`'s columns `jc..jc + nc`, rows `p0..p0 + kc`, into
