@@ -402,3 +402,30 @@ fn isa_availability_agrees() {
     }
     assert!(Isa::detect().is_available());
 }
+
+/// Operands too short for the shape are refused with the operand named (the same check serves
+/// the CUDA path, which returns it as an error).
+#[test]
+fn gemm_shape_errors_name_the_operand() {
+    use ddrm::kernels::cpu::gemm::shape_error;
+    assert_eq!(shape_error((2, 3, 4), (8, 12, 6), Some(3), Some(6)), None);
+    assert_eq!(
+        shape_error((2, 3, 4), (7, 12, 6), None, None).as_deref(),
+        Some("gemm: A has 7 elements, needs 8")
+    );
+    assert_eq!(
+        shape_error((2, 3, 4), (8, 12, 6), Some(2), None).as_deref(),
+        Some("gemm: bias has 2 elements, needs 3")
+    );
+    assert!(shape_error((2, 3, 4), (8, 12, 6), None, Some(5))
+        .unwrap()
+        .contains("activation output"));
+    let r = std::panic::catch_unwind(|| {
+        let mut c = vec![0f32; 6];
+        ddrm::kernels::cpu::gemm::gemm(
+            false, false, 2, 3, 4, 1.0, &[0.0; 8], &[0.0; 11], 0.0, &mut c,
+        )
+    });
+    let msg = r.unwrap_err().downcast::<String>().unwrap();
+    assert_eq!(*msg, "gemm: B has 11 elements, needs 12");
+}

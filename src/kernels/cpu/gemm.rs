@@ -89,6 +89,28 @@ impl SendPtr {
     }
 }
 
+/// Why operands of these lengths cannot hold a GEMM of shape `(m, n, k)`, if they cannot:
+/// A needs m·k values, B k·n, C m·n, a bias n and an epilogue's activation output m·n.
+/// Shared by the CPU kernel (which panics with it) and the CUDA one (which returns it).
+pub fn shape_error(
+    (m, n, k): (usize, usize, usize),
+    (a, b, c): (usize, usize, usize),
+    bias: Option<usize>,
+    act_output: Option<usize>,
+) -> Option<String> {
+    let need = [
+        ("A", Some(a), m * k),
+        ("B", Some(b), k * n),
+        ("C", Some(c), m * n),
+        ("bias", bias, n),
+        ("the activation output of the epilogue", act_output, m * n),
+    ];
+    need.iter().find_map(|&(what, have, want)| match have {
+        Some(h) if h < want => Some(format!("gemm: {what} has {h} elements, needs {want}")),
+        _ => None,
+    })
+}
+
 /// `C (m x n) = alpha * op(A) * op(B) + beta * C` with `op(A)` m x k and `op(B)` k x n.
 /// `ta`: A is stored k x m (use its transpose); `tb`: B is stored n x k. All contiguous
 /// row-major. When `beta == 0`, C is not read (it may hold NaN).
@@ -231,38 +253,13 @@ fn gemm_core(
     mut b_col_sums: Option<&mut [f32]>,
     block_outer: bool,
 ) {
-    assert!(
-        a.len() >= m * k,
-        "gemm: A has {} elements, needs {}",
-        a.len(),
-        m * k
-    );
-    assert!(
-        b.len() >= k * n,
-        "gemm: B has {} elements, needs {}",
-        b.len(),
-        k * n
-    );
-    assert!(
-        c.len() >= m * n,
-        "gemm: C has {} elements, needs {}",
-        c.len(),
-        m * n
-    );
-    if let Some(bias) = epi.bias {
-        assert!(
-            bias.len() >= n,
-            "gemm: bias has {} elements, needs {n}",
-            bias.len()
-        );
-    }
-    if let Some((y, _)) = epi.grad_of {
-        assert!(
-            y.len() >= m * n,
-            "gemm: the activation output of the epilogue has {} elements, needs {}",
-            y.len(),
-            m * n
-        );
+    if let Some(why) = shape_error(
+        (m, n, k),
+        (a.len(), b.len(), c.len()),
+        epi.bias.map(<[f32]>::len),
+        epi.grad_of.map(|(y, _)| y.len()),
+    ) {
+        panic!("{why}");
     }
     if m == 0 || n == 0 {
         return;

@@ -97,10 +97,14 @@ impl Gpu {
         act: Act,
         grad_of: Option<(&[f32], Act)>,
     ) -> Result<()> {
-        ensure!(
-            a.len() == m * k && b.len() == k * n && c.len() == m * n,
-            "gemm: shapes"
-        );
+        if let Some(why) = crate::kernels::cpu::gemm::shape_error(
+            (m, n, k),
+            (a.len(), b.len(), c.len()),
+            bias.map(<[f32]>::len),
+            grad_of.map(|(y, _)| y.len()),
+        ) {
+            anyhow::bail!(why);
+        }
         let (ga, gb) = (self.upload(a)?, self.upload(b)?);
         let mut gc = self.upload(c)?;
         let gbias = bias.map(|v| self.upload(v)).transpose()?;
@@ -112,7 +116,7 @@ impl Gpu {
         };
         self.gemm(ta, tb, m, n, k, alpha, &ga, &gb, beta, &mut gc, ep)?;
         let v = self.download(&gc)?;
-        c.copy_from_slice(&v[..m * n]);
+        c[..m * n].copy_from_slice(&v[..m * n]);
         Ok(())
     }
 }

@@ -99,32 +99,13 @@ impl Gpu {
         c: &mut CudaSlice<f32>,
         ep: GpuEpilogue<'_>,
     ) -> Result<()> {
-        ensure!(
-            a.len() >= m * k,
-            "gemm: A holds {} values, needs {}",
-            a.len(),
-            m * k
-        );
-        ensure!(
-            b.len() >= k * n,
-            "gemm: B holds {} values, needs {}",
-            b.len(),
-            k * n
-        );
-        ensure!(
-            c.len() >= m * n,
-            "gemm: C holds {} values, needs {}",
-            c.len(),
-            m * n
-        );
-        if let Some(bias) = ep.bias {
-            ensure!(bias.len() >= n, "gemm: bias shorter than n = {n}");
-        }
-        if let Some((y, _)) = ep.grad_of {
-            ensure!(
-                y.len() >= m * n,
-                "gemm: activation output shorter than m x n"
-            );
+        if let Some(why) = crate::kernels::cpu::gemm::shape_error(
+            (m, n, k),
+            (a.len(), b.len(), c.len()),
+            ep.bias.map(|v| v.len()),
+            ep.grad_of.map(|(y, _)| y.len()),
+        ) {
+            bail!(why);
         }
         if m == 0 || n == 0 {
             return Ok(());
