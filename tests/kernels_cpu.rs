@@ -44,6 +44,47 @@ proptest! {
     }
 
     #[test]
+    fn narrow_last_panel_gives_the_bits_of_the_full_width_product(
+        m in 1usize..40, full in 1usize..4, extra in 1usize..9, k in 1usize..700, ta: bool,
+        tb: bool, beta in prop::sample::select(vec![0.0f32, 1.0]), seed in 0u64..1000
+    ) {
+        // n = 16 q + (1..8): the last column panel goes through the half-width micro-kernel;
+        // its columns must equal, bit for bit, the same columns of a product whose B has 8
+        // more columns (a full-width last panel), at every K depth and transposition. (With
+        // alpha = 1 and beta 0 or 1, a partial tile's scalar write-back rounds as the full
+        // tile's fused one does.)
+        let n = 16 * full + extra;
+        let wide = n + 8;
+        let mut r = ddrm::util::rng::Rng::new(seed);
+        let mut rv = |len: usize| (0..len).map(|_| r.uniform_f32() * 2.0 - 1.0).collect::<Vec<f32>>();
+        let a = rv(m * k);
+        let bw = rv(k * wide);
+        let cw0 = rv(m * wide);
+        // B (k x n) and C (m x n) as the first n columns of their wide versions
+        let col = |x: &[f32], rows: usize, from: usize, to: usize| -> Vec<f32> {
+            (0..rows).flat_map(|i| x[i * from..i * from + to].to_vec()).collect()
+        };
+        let (b, bt_wide, bt) = {
+            let b = col(&bw, k, wide, n);
+            // transposed storage: row j of Bᵀ holds column j of B
+            let t = |src: &[f32], cols: usize| -> Vec<f32> {
+                (0..cols).flat_map(|j| (0..k).map(move |p| src[p * cols + j])).collect()
+            };
+            (b.clone(), t(&bw, wide), t(&b, n))
+        };
+        let (bn, bwd) = if tb { (bt, bt_wide) } else { (b, bw) };
+        for isa in Isa::available() {
+            let mut cn = col(&cw0, m, wide, n);
+            let mut cw = cw0.clone();
+            gemm_ex(isa, ta, tb, m, n, k, 1.0, &a, &bn, beta, &mut cn, Epilogue::NONE);
+            gemm_ex(isa, ta, tb, m, wide, k, 1.0, &a, &bwd, beta, &mut cw, Epilogue::NONE);
+            let got: Vec<u32> = cn.iter().map(|v| v.to_bits()).collect();
+            let want: Vec<u32> = col(&cw, m, wide, n).iter().map(|v| v.to_bits()).collect();
+            prop_assert_eq!(got, want, "{:?} m{} n{} k{} ta{} tb{}", isa, m, n, k, ta, tb);
+        }
+    }
+
+    #[test]
     fn gemm_epilogue_adds_bias_then_activates(
         m in 1usize..20, n in 1usize..40, k in 1usize..30, seed in 0u64..1000,
         act in prop::sample::select(vec![Act::None, Act::Relu, Act::Tanh, Act::Sigmoid])

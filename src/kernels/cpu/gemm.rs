@@ -795,6 +795,10 @@ pub unsafe fn micro_kernel(
     let mut tile = [0f32; MR * NR];
     match isa {
         #[cfg(target_arch = "x86_64")]
+        Isa::Avx2Fma if cols <= NR / 2 => {
+            avx2::kernel_strided_half(kc, a.as_ptr(), 1, MR, b.as_ptr(), &mut tile)
+        }
+        #[cfg(target_arch = "x86_64")]
         Isa::Avx2Fma => avx2::kernel(kc, a.as_ptr(), b.as_ptr(), &mut tile),
         _ => portable_kernel(kc, a, b, &mut tile),
     }
@@ -911,6 +915,12 @@ mod avx2 {
         debug_assert!(b_panel.len() >= kc * NR);
         if rows == MR && cols == NR {
             kernel_to_c(kc, a, rs, cs, b_panel.as_ptr(), c, ldc, alpha, beta);
+        } else if cols <= NR / 2 {
+            // a narrow last panel (n = 100 leaves 4 columns): half the FMAs; each element
+            // is the same chain of FMAs over K as in the full kernel, so the same bits
+            let mut t = [0f32; MR * NR];
+            kernel_strided_half(kc, a, rs, cs, b_panel.as_ptr(), &mut t);
+            super::write_tile(&t, c, ldc, rows, cols, alpha, beta);
         } else {
             let mut t = [0f32; MR * NR];
             kernel_strided(kc, a, rs, cs, b_panel.as_ptr(), &mut t);
@@ -923,6 +933,46 @@ mod avx2 {
     #[inline]
     pub unsafe fn kernel(kc: usize, a: *const f32, b: *const f32, tile: &mut [f32; MR * NR]) {
         kernel_strided(kc, a, 1, MR, b, tile)
+    }
+
+    /// [`kernel_strided`] for the first NR / 2 columns only (the rest of `tile` is left
+    /// as it is): 6 accumulators, 1 B vector, 1 broadcast.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    pub unsafe fn kernel_strided_half(
+        kc: usize,
+        a: *const f32,
+        rs: usize,
+        cs: usize,
+        b: *const f32,
+        tile: &mut [f32; MR * NR],
+    ) {
+        let mut c0 = _mm256_setzero_ps();
+        let mut c1 = _mm256_setzero_ps();
+        let mut c2 = _mm256_setzero_ps();
+        let mut c3 = _mm256_setzero_ps();
+        let mut c4 = _mm256_setzero_ps();
+        let mut c5 = _mm256_setzero_ps();
+        let mut ap = a;
+        let mut bp = b;
+        for _ in 0..kc {
+            let b0 = _mm256_loadu_ps(bp);
+            c0 = _mm256_fmadd_ps(_mm256_broadcast_ss(&*ap), b0, c0);
+            c1 = _mm256_fmadd_ps(_mm256_broadcast_ss(&*ap.add(rs)), b0, c1);
+            c2 = _mm256_fmadd_ps(_mm256_broadcast_ss(&*ap.add(2 * rs)), b0, c2);
+            c3 = _mm256_fmadd_ps(_mm256_broadcast_ss(&*ap.add(3 * rs)), b0, c3);
+            c4 = _mm256_fmadd_ps(_mm256_broadcast_ss(&*ap.add(4 * rs)), b0, c4);
+            c5 = _mm256_fmadd_ps(_mm256_broadcast_ss(&*ap.add(5 * rs)), b0, c5);
+            ap = ap.add(cs);
+            bp = bp.add(NR);
+        }
+        let t = tile.as_mut_ptr();
+        _mm256_storeu_ps(t, c0);
+        _mm256_storeu_ps(t.add(NR), c1);
+        _mm256_storeu_ps(t.add(2 * NR), c2);
+        _mm256_storeu_ps(t.add(3 * NR), c3);
+        _mm256_storeu_ps(t.add(4 * NR), c4);
+        _mm256_storeu_ps(t.add(5 * NR), c5);
     }
 
     /// The micro-kernel reading A in place: element (r, p) of the 6-row panel at
