@@ -139,5 +139,10 @@ fn bench_suites_run_alone_and_write_json_lines() {
         assert_ne!(code, 0, "{args:?} succeeded");
         assert!(!err.contains("panicked"), "{args:?} panicked: {err}");
         assert!(err.contains(want), "{args:?}: '{err}' lacks '{want}'");
+        // refused before anything is measured
+        assert!(
+            !err.contains("measuring machine limits"),
+            "{args:?} measured before refusing: {err}"
+        );
     }
 }

@@ -76,9 +76,37 @@ pub struct Ctx {
 impl Ctx {
     /// Whether the row `name` / `shape` passes `--only`.
     pub fn wants(&self, name: &str, shape: &str) -> bool {
-        let text = format!("{name} {shape}").to_lowercase();
-        self.only.is_empty() || self.only.iter().any(|o| text.contains(o.as_str()))
+        only_matches(&self.only, name, shape)
     }
+}
+
+/// Whether the row `name` / `shape` passes `--only` texts `only` (lower case; empty: all).
+pub fn only_matches(only: &[String], name: &str, shape: &str) -> bool {
+    let text = format!("{name} {shape}").to_lowercase();
+    only.is_empty() || only.iter().any(|o| text.contains(o.as_str()))
+}
+
+/// The element-wise rows of the CPU kernels suite, on a 2048 x 1000 matrix.
+const ELEMENTWISE_ROWS: [&str; 2] = ["sigmoid", "tanh"];
+const ELEMENTWISE_SHAPE: &str = "2048x1000";
+
+/// The (name, shape) of every row of the kernels suite, on the GPU or the CPU, as `--only`
+/// matches them: known before anything is measured.
+pub fn kernel_rows(gpu: bool) -> Vec<(String, String)> {
+    let mut rows: Vec<(String, String)> = GEMM_SHAPES
+        .iter()
+        .map(|&(m, n, k, ta, tb)| (gemm_name(ta, tb).to_string(), gemm_shape(m, n, k, ta, tb)))
+        .collect();
+    rows.push(("spmm".into(), String::new()));
+    rows.push(("fused top-20".into(), String::new()));
+    if !gpu {
+        rows.extend(
+            ELEMENTWISE_ROWS
+                .iter()
+                .map(|e| (e.to_string(), ELEMENTWISE_SHAPE.to_string())),
+        );
+    }
+    rows
 }
 
 /// Measure the machine's limits.
@@ -393,14 +421,11 @@ pub fn kernels(ctx: &Ctx, ds: &Dataset) -> Result<Vec<Row>> {
     // element-wise
     let mut e = vec![0f32; 2048 * 1000];
     Rng::new(3).fill_normal(&mut e, 2.0);
-    for (name, f) in [
-        (
-            "sigmoid",
-            crate::kernels::cpu::elementwise::sigmoid_inplace as fn(&mut [f32]),
-        ),
-        ("tanh", crate::kernels::cpu::elementwise::tanh_inplace),
-    ] {
-        if !ctx.wants(name, "2048x1000") {
+    for (name, f) in ELEMENTWISE_ROWS.into_iter().zip([
+        crate::kernels::cpu::elementwise::sigmoid_inplace as fn(&mut [f32]),
+        crate::kernels::cpu::elementwise::tanh_inplace,
+    ]) {
+        if !ctx.wants(name, ELEMENTWISE_SHAPE) {
             continue;
         }
         let t = time(2, ctx.reps, || f(&mut e));
@@ -408,7 +433,7 @@ pub fn kernels(ctx: &Ctx, ds: &Dataset) -> Result<Vec<Row>> {
         rows.push(Row {
             suite: "kernels".into(),
             name: name.into(),
-            shape: "2048x1000".into(),
+            shape: ELEMENTWISE_SHAPE.into(),
             ddrm: t,
             throughput: gbs,
             unit: "GB/s".into(),

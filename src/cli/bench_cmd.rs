@@ -96,6 +96,27 @@ pub fn run(a: &BenchArgs, quiet: bool) -> Result<()> {
     if a.only.iter().any(|o| o.trim().is_empty()) {
         bail!("--only: empty text");
     }
+    let only: Vec<String> = a.only.iter().map(|s| s.to_lowercase()).collect();
+    let row_names = || {
+        let mut names: Vec<String> = Vec::new();
+        for (name, _) in bench::kernel_rows(cuda) {
+            if !names.contains(&name) {
+                names.push(name);
+            }
+        }
+        names.join(", ")
+    };
+    if !only.is_empty()
+        && !bench::kernel_rows(cuda)
+            .iter()
+            .any(|(name, shape)| bench::only_matches(&only, name, shape))
+    {
+        bail!(
+            "--only {}: no kernel row matches (rows: {}, and their shapes)",
+            a.only.join(","),
+            row_names()
+        );
+    }
     if a.fractions.iter().any(|f| !(*f > 0.0 && *f <= 4.0)) {
         bail!("--fractions must be in (0, 4]");
     }
@@ -126,7 +147,7 @@ pub fn run(a: &BenchArgs, quiet: bool) -> Result<()> {
         limits,
         python: a.python.clone(),
         quiet,
-        only: a.only.iter().map(|s| s.to_lowercase()).collect(),
+        only,
     };
     let rows: Vec<Row> = match a.suite {
         #[cfg(feature = "cuda")]
@@ -138,9 +159,9 @@ pub fn run(a: &BenchArgs, quiet: bool) -> Result<()> {
     };
     if rows.is_empty() && !a.only.is_empty() {
         bail!(
-            "--only {}: no kernel row matches (rows: gemm, gemm dW, gemm dX, spmm, fused top-20, \
-             sigmoid, tanh, and their shapes)",
-            a.only.join(",")
+            "--only {}: no kernel row matches (rows: {}, and their shapes)",
+            a.only.join(","),
+            row_names()
         );
     }
     std::fs::create_dir_all(&a.out)?;
