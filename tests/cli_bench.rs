@@ -120,6 +120,10 @@ fn bench_suites_run_alone_and_write_json_lines() {
             vec!["bench", "eval", "--reps", "0"],
             "--reps must be at least 1",
         ),
+        (
+            vec!["bench", "eval", "--rounds", "0"],
+            "--rounds must be at least 1",
+        ),
         (vec!["bench", "scale", "--fractions", "0"], "--fractions"),
         (
             vec!["bench", "kernels", "--device", "tpu"],
@@ -144,5 +148,78 @@ fn bench_suites_run_alone_and_write_json_lines() {
             !err.contains("measuring machine limits"),
             "{args:?} measured before refusing: {err}"
         );
+    }
+}
+
+/// `--rounds N` alternates ddrm and the framework N times and reports the median of the
+/// paired ratios. The framework here is a stand-in interpreter whose n-th run reports n ms,
+/// so the rounds and the medians can be checked exactly.
+#[cfg(unix)]
+#[test]
+fn bench_rounds_pair_each_ddrm_timing_with_the_framework_run_after_it() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let ds = synth(dir.path());
+    let out = dir.path().join("bench");
+    let counter = dir.path().join("calls");
+    let fake = dir.path().join("fake-python");
+    std::fs::write(
+        &fake,
+        format!(
+            "#!/bin/sh\nif [ \"$1\" = --version ]; then echo Python 3; exit 0; fi\n\
+             n=$(cat '{c}' 2>/dev/null || echo 0); n=$((n+1)); echo $n > '{c}'\n\
+             echo \"{{\\\"numpy\\\": {{\\\"median_ms\\\": $n}}}}\"\n",
+            c = counter.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (code, table, err) = ddrm(&[
+        "-q",
+        "bench",
+        "kernels",
+        "--dataset",
+        &ds,
+        "--reps",
+        "1",
+        "--rounds",
+        "3",
+        "--only",
+        "2048x64 · (1000x64)",
+        "--vs",
+        "numpy",
+        "--python",
+        fake.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(table.contains("median of 3 A/B rounds"), "{table}");
+    assert_eq!(std::fs::read_to_string(&counter).unwrap().trim(), "3");
+    let rows = jsonl(&out.join("kernels.jsonl"));
+    assert_eq!(rows.len(), 1, "{table}");
+    let vs = rows[0]["vs"][0].as_array().unwrap();
+    assert_eq!(vs[0], "numpy");
+    // the framework's median: of its three runs' 1, 2 and 3 ms
+    assert_eq!(vs[1].as_f64().unwrap(), 2.0);
+    let ratios: Vec<f64> = vs[4]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_f64().unwrap())
+        .collect();
+    assert_eq!(ratios.len(), 3);
+    let mut sorted = ratios.clone();
+    sorted.sort_by(|a, b| a.total_cmp(b));
+    assert_eq!(
+        vs[2].as_f64().unwrap(),
+        sorted[1],
+        "ratio = median of {ratios:?}"
+    );
+    // round r paired the framework's r ms with ddrm's median of that round
+    assert_eq!(rows[0]["ddrm"]["reps"], 3);
+    for (r, ratio) in ratios.iter().enumerate() {
+        let ours = (r + 1) as f64 / ratio;
+        assert!(ours > 0.0 && ours < 10_000.0, "round {r}: {ours} ms");
     }
 }

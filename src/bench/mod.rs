@@ -1,6 +1,6 @@
 //! `ddrm bench`: throughput of ddrm's kernels, epochs and evaluation, beside the machine's
 //! measured limits and, with `--vs`, the same operations in NumPy / SciPy / faiss / PyTorch
-//! run from `benches/reference.py` in the same process tree, interleaved A B A B.
+//! run from `benches/reference.py` in the same process tree, in A/B rounds (`--rounds`).
 
 #[cfg(feature = "cuda")]
 pub mod gpu;
@@ -20,8 +20,10 @@ use serde::Serialize;
 use std::path::{Path, PathBuf};
 use timing::{time, Timing};
 
-/// A framework comparison: name, its median ms, ratio framework/ddrm, note when missing.
-pub type Versus = (String, Option<f64>, Option<f64>, String);
+/// A framework comparison: name, its median ms (median of the A/B rounds' medians), ratio
+/// framework / ddrm (median of the rounds' paired ratios), note when missing, and each
+/// round's ratio.
+pub type Versus = (String, Option<f64>, Option<f64>, String, Vec<f64>);
 
 /// One measured row.
 #[derive(Clone, Debug, Serialize)]
@@ -61,6 +63,8 @@ pub struct Limits {
 pub struct Ctx {
     /// Repetitions.
     pub reps: usize,
+    /// A/B rounds (ddrm, then the frameworks) when comparing.
+    pub rounds: usize,
     /// Frameworks to compare with.
     pub vs: Vec<String>,
     /// Limits.
@@ -174,8 +178,8 @@ fn write_raw<T: bytemuck::Pod>(dir: &Path, name: &str, v: &[T]) -> Result<()> {
         .with_context(|| format!("writing {name}"))
 }
 
-/// Time ddrm (A) and the frameworks (B) as A B A B with `ctx.reps` repetitions and one
-/// warm-up run each; returns ddrm timing and comparisons.
+/// Time ddrm (A) and the frameworks (B) alternately, `ctx.rounds` rounds of A then B, with
+/// `ctx.reps` repetitions and one warm-up run each; returns ddrm timing and comparisons.
 fn ab(
     ctx: &Ctx,
     op: &str,
@@ -186,8 +190,23 @@ fn ab(
     ab_with(ctx, op, dir, fws, ctx.reps, 1, f)
 }
 
+/// Median of a non-empty list (mean of the middle two when even).
+fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    let h = s.len() / 2;
+    if s.len() % 2 == 1 {
+        s[h]
+    } else {
+        (s[h - 1] + s[h]) / 2.0
+    }
+}
+
 /// [`ab`] with explicit repetitions and warm-up runs per side and round (long operations
-/// such as whole epochs use 1 and 0).
+/// such as whole epochs use 1 and 0). Each round times ddrm, then runs the frameworks right
+/// after it, so that a pair sees the same state of a shared machine. The reported medians
+/// are the medians of the rounds' medians; a framework's ratio is the median of the rounds'
+/// paired ratios (framework / ddrm), and its range is kept per round in the row.
 fn ab_with(
     ctx: &Ctx,
     op: &str,
@@ -202,39 +221,47 @@ fn ab_with(
         .copied()
         .filter(|f| ctx.vs.iter().any(|v| v == f))
         .collect();
-    let a1 = time(warmup, reps, &mut f);
     let Some(dir) = dir.filter(|_| !fws.is_empty()) else {
-        return (a1, vec![]);
+        return (time(warmup, reps, &mut f), vec![]);
     };
-    let b1 = run_reference(ctx, op, dir, &fws, reps, warmup);
-    // let the system settle after the framework process exits (freeing its memory keeps a
-    // core busy for a moment; measured: 2x slower 2-thread GEMM right after)
-    std::thread::sleep(SETTLE);
-    let a2 = time(warmup, reps, &mut f);
-    let b2 = run_reference(ctx, op, dir, &fws, reps, warmup);
-    std::thread::sleep(SETTLE);
+    let mut ours: Vec<Timing> = Vec::new();
+    let mut theirs: Vec<serde_json::Value> = Vec::new();
+    for _ in 0..ctx.rounds.max(1) {
+        ours.push(time(warmup, reps, &mut f));
+        theirs.push(run_reference(ctx, op, dir, &fws, reps, warmup));
+        // let the system settle after the framework process exits (freeing its memory keeps
+        // a core busy for a moment; measured: 2x slower 2-thread GEMM right after)
+        std::thread::sleep(SETTLE);
+    }
+    let medians: Vec<f64> = ours.iter().map(|t| t.median_ms).collect();
     let a = Timing {
-        median_ms: (a1.median_ms + a2.median_ms) / 2.0,
-        min_ms: a1.min_ms.min(a2.min_ms),
-        max_ms: a1.max_ms.max(a2.max_ms),
-        reps: a1.reps + a2.reps,
+        median_ms: median(&medians),
+        min_ms: ours.iter().map(|t| t.min_ms).fold(f64::INFINITY, f64::min),
+        max_ms: ours.iter().map(|t| t.max_ms).fold(0.0, f64::max),
+        reps: ours.iter().map(|t| t.reps).sum(),
     };
     let vs = fws
         .iter()
         .map(|fw| {
-            let m1 = b1[fw]["median_ms"].as_f64();
-            let m2 = b2[fw]["median_ms"].as_f64();
-            let note = b1[fw]["missing"]
+            let note = theirs[0][fw]["missing"]
                 .as_str()
-                .or(b1["error"].as_str())
+                .or(theirs[0]["error"].as_str())
                 .unwrap_or("")
                 .to_string();
-            match (m1, m2) {
-                (Some(x), Some(y)) => {
-                    let m = (x + y) / 2.0;
-                    (fw.to_string(), Some(m), Some(m / a.median_ms), note)
+            let per_round: Option<Vec<f64>> =
+                theirs.iter().map(|b| b[fw]["median_ms"].as_f64()).collect();
+            match per_round {
+                Some(ms) => {
+                    let ratios: Vec<f64> = ms.iter().zip(&medians).map(|(b, a)| b / a).collect();
+                    (
+                        fw.to_string(),
+                        Some(median(&ms)),
+                        Some(median(&ratios)),
+                        note,
+                        ratios,
+                    )
                 }
-                _ => (
+                None => (
                     fw.to_string(),
                     None,
                     None,
@@ -243,6 +270,7 @@ fn ab_with(
                     } else {
                         note
                     },
+                    vec![],
                 ),
             }
         })

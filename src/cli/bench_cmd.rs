@@ -34,6 +34,11 @@ pub struct BenchArgs {
     /// Timed repetitions per row (per A/B round; whole epochs are timed once per round).
     #[arg(long, default_value_t = 10)]
     pub reps: usize,
+    /// A/B rounds with --vs: each round times ddrm, then the frameworks right after; the
+    /// ratio is the median of the rounds' paired ratios (more rounds: steadier on a shared
+    /// machine).
+    #[arg(long, default_value_t = 2)]
+    pub rounds: usize,
     /// Frameworks to compare with: numpy, scipy, faiss, torch (comma separated).
     #[arg(long, value_delimiter = ',')]
     pub vs: Vec<String>,
@@ -77,6 +82,9 @@ pub fn run(a: &BenchArgs, quiet: bool) -> Result<()> {
         ),
         other => bail!("unknown --device '{other}' (cpu or cuda)"),
     };
+    if a.rounds == 0 {
+        bail!("--rounds must be at least 1");
+    }
     if a.reps == 0 {
         bail!("--reps must be at least 1");
     }
@@ -143,6 +151,7 @@ pub fn run(a: &BenchArgs, quiet: bool) -> Result<()> {
     };
     let ctx = Ctx {
         reps: a.reps,
+        rounds: a.rounds,
         vs,
         limits,
         python: a.python.clone(),
@@ -205,7 +214,7 @@ pub fn run(a: &BenchArgs, quiet: bool) -> Result<()> {
     .map(|s| s.to_string())
     .collect();
     for f in &fws {
-        header.push(format!("{f} ms (ratio)"));
+        header.push(format!("{f} ms (ratio, range over rounds)"));
     }
     let trows: Vec<Vec<String>> = rows
         .iter()
@@ -221,8 +230,13 @@ pub fn run(a: &BenchArgs, quiet: bool) -> Result<()> {
             ];
             for f in &fws {
                 v.push(match r.vs.iter().find(|x| &x.0 == f) {
-                    Some((_, Some(ms), Some(ratio), _)) => format!("{ms:.2} ({ratio:.2}x)"),
-                    Some((_, _, _, note)) if !note.is_empty() => "missing".to_string(),
+                    Some((_, Some(ms), Some(ratio), _, rounds)) if rounds.len() > 1 => {
+                        let lo = rounds.iter().copied().fold(f64::INFINITY, f64::min);
+                        let hi = rounds.iter().copied().fold(0.0, f64::max);
+                        format!("{ms:.2} ({ratio:.2}x, {lo:.2}-{hi:.2})")
+                    }
+                    Some((_, Some(ms), Some(ratio), _, _)) => format!("{ms:.2} ({ratio:.2}x)"),
+                    Some((_, _, _, note, _)) if !note.is_empty() => "missing".to_string(),
                     _ => "-".into(),
                 });
             }
@@ -232,16 +246,22 @@ pub fn run(a: &BenchArgs, quiet: bool) -> Result<()> {
     let hdr: Vec<&str> = header.iter().map(|s| s.as_str()).collect();
     print!("{}", render(&hdr, &trows));
     for r in &rows {
-        for (f, _, _, note) in &r.vs {
+        for (f, _, _, note, _) in &r.vs {
             if !note.is_empty() {
                 println!("note: {f}: {note}");
                 break;
             }
         }
     }
-    println!(
-        "ratio = framework time / ddrm time (> 1: ddrm faster). JSON lines: {}",
-        a.out.join(&name).display()
-    );
+    if fws.is_empty() {
+        println!("JSON lines: {}", a.out.join(&name).display());
+    } else {
+        println!(
+            "ratio = framework time / ddrm time (> 1: ddrm faster), the median of {} A/B \
+             rounds' paired ratios. JSON lines: {}",
+            a.rounds,
+            a.out.join(&name).display()
+        );
+    }
     Ok(())
 }
