@@ -915,15 +915,15 @@ mod avx2 {
         debug_assert!(b_panel.len() >= kc * NR);
         if rows == MR && cols == NR {
             kernel_to_c(kc, a, rs, cs, b_panel.as_ptr(), c, ldc, alpha, beta);
-        } else if cols <= NR / 2 {
-            // a narrow last panel (n = 100 leaves 4 columns): half the FMAs; each element
-            // is the same chain of FMAs over K as in the full kernel, so the same bits
-            let mut t = [0f32; MR * NR];
-            kernel_strided_half(kc, a, rs, cs, b_panel.as_ptr(), &mut t);
-            super::write_tile(&t, c, ldc, rows, cols, alpha, beta);
         } else {
             let mut t = [0f32; MR * NR];
-            kernel_strided(kc, a, rs, cs, b_panel.as_ptr(), &mut t);
+            if cols <= NR / 2 {
+                // a narrow last panel (n = 100 leaves 4 columns): half the FMAs; each element
+                // is the same chain of FMAs over K as in the full kernel, so the same bits
+                kernel_strided_half(kc, a, rs, cs, b_panel.as_ptr(), &mut t);
+            } else {
+                kernel_strided(kc, a, rs, cs, b_panel.as_ptr(), &mut t);
+            }
             super::write_tile(&t, c, ldc, rows, cols, alpha, beta);
         }
     }
