@@ -157,23 +157,10 @@ fn bench_suites_run_alone_and_write_json_lines() {
 #[cfg(unix)]
 #[test]
 fn bench_rounds_pair_each_ddrm_timing_with_the_framework_run_after_it() {
-    use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
     let ds = synth(dir.path());
     let out = dir.path().join("bench");
-    let counter = dir.path().join("calls");
-    let fake = dir.path().join("fake-python");
-    std::fs::write(
-        &fake,
-        format!(
-            "#!/bin/sh\nif [ \"$1\" = --version ]; then echo Python 3; exit 0; fi\n\
-             n=$(cat '{c}' 2>/dev/null || echo 0); n=$((n+1)); echo $n > '{c}'\n\
-             echo \"{{\\\"numpy\\\": {{\\\"median_ms\\\": $n}}}}\"\n",
-            c = counter.display()
-        ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (fake, counter) = counting_python(dir.path(), "");
     let (code, table, err) = ddrm(&[
         "-q",
         "bench",
@@ -222,4 +209,76 @@ fn bench_rounds_pair_each_ddrm_timing_with_the_framework_run_after_it() {
         let ours = (r + 1) as f64 / ratio;
         assert!(ours > 0.0 && ours < 10_000.0, "round {r}: {ours} ms");
     }
+}
+
+/// A stand-in interpreter for the reference script: its n-th run reports `n` ms for numpy,
+/// after running `fail_if` (shell code that may exit early, with `$n` set). Returns the
+/// script and the file counting its runs.
+#[cfg(unix)]
+fn counting_python(
+    dir: &std::path::Path,
+    fail_if: &str,
+) -> (std::path::PathBuf, std::path::PathBuf) {
+    use std::os::unix::fs::PermissionsExt;
+    let counter = dir.join("calls");
+    let fake = dir.join("fake-python");
+    std::fs::write(
+        &fake,
+        format!(
+            "#!/bin/sh\nif [ \"$1\" = --version ]; then echo Python 3; exit 0; fi\n\
+             n=$(cat '{c}' 2>/dev/null || echo 0); n=$((n+1)); echo $n > '{c}'\n\
+             {fail_if}\n\
+             echo \"{{\\\"numpy\\\": {{\\\"median_ms\\\": $n}}}}\"\n",
+            c = counter.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    (fake, counter)
+}
+
+/// A framework that fails in one round keeps the rounds where it ran, and the row says so.
+#[cfg(unix)]
+#[test]
+fn bench_rounds_keep_the_rounds_where_the_framework_ran() {
+    let dir = tempfile::tempdir().unwrap();
+    let ds = synth(dir.path());
+    let out = dir.path().join("bench");
+    let (fake, counter) = counting_python(
+        dir.path(),
+        "if [ $n = 2 ]; then echo 'round two broke' >&2; exit 1; fi",
+    );
+    let (code, table, err) = ddrm(&[
+        "-q",
+        "bench",
+        "kernels",
+        "--dataset",
+        &ds,
+        "--reps",
+        "1",
+        "--rounds",
+        "3",
+        "--only",
+        "2048x64 · (1000x64)",
+        "--vs",
+        "numpy",
+        "--python",
+        fake.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(std::fs::read_to_string(&counter).unwrap().trim(), "3");
+    let rows = jsonl(&out.join("kernels.jsonl"));
+    let vs = rows[0]["vs"][0].as_array().unwrap();
+    // the median of rounds 1 and 3 (1 and 3 ms); round 2 left out
+    assert_eq!(vs[1].as_f64().unwrap(), 2.0, "{table}");
+    assert_eq!(vs[4].as_array().unwrap().len(), 2);
+    let note = vs[3].as_str().unwrap();
+    assert!(note.contains("ran in 2 of 3 rounds"), "{note}");
+    assert!(note.contains("round two broke"), "{note}");
+    assert!(
+        table.contains("note: numpy: ran in 2 of 3 rounds"),
+        "{table}"
+    );
 }

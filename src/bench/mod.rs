@@ -243,36 +243,54 @@ fn ab_with(
     let vs = fws
         .iter()
         .map(|fw| {
-            let note = theirs[0][fw]["missing"]
-                .as_str()
-                .or(theirs[0]["error"].as_str())
-                .unwrap_or("")
-                .to_string();
-            let per_round: Option<Vec<f64>> =
-                theirs.iter().map(|b| b[fw]["median_ms"].as_f64()).collect();
-            match per_round {
-                Some(ms) => {
-                    let ratios: Vec<f64> = ms.iter().zip(&medians).map(|(b, a)| b / a).collect();
-                    (
-                        fw.to_string(),
-                        Some(median(&ms)),
-                        Some(median(&ratios)),
-                        note,
-                        ratios,
-                    )
-                }
-                None => (
+            // a round's note: the framework's own "missing" reason or the script's error
+            let round_note = |b: &serde_json::Value| {
+                b[fw]["missing"]
+                    .as_str()
+                    .or(b["error"].as_str())
+                    .unwrap_or("")
+                    .to_string()
+            };
+            // the rounds where the framework ran, paired with ddrm's median of the same round
+            let pairs: Vec<(f64, f64)> = theirs
+                .iter()
+                .zip(&medians)
+                .filter_map(|(b, &a)| b[fw]["median_ms"].as_f64().map(|ms| (ms, a)))
+                .collect();
+            if pairs.is_empty() {
+                let note = theirs.iter().map(round_note).find(|n| !n.is_empty());
+                return (
                     fw.to_string(),
                     None,
                     None,
-                    if note.is_empty() {
-                        "not run".into()
-                    } else {
-                        note
-                    },
+                    note.unwrap_or_else(|| "not run".into()),
                     vec![],
-                ),
+                );
             }
+            let ms: Vec<f64> = pairs.iter().map(|p| p.0).collect();
+            let ratios: Vec<f64> = pairs.iter().map(|(b, a)| b / a).collect();
+            let note = if pairs.len() < theirs.len() {
+                let why = theirs
+                    .iter()
+                    .filter(|b| b[fw]["median_ms"].as_f64().is_none())
+                    .map(round_note)
+                    .find(|n| !n.is_empty())
+                    .unwrap_or_else(|| "not run".into());
+                format!(
+                    "ran in {} of {} rounds (other rounds: {why})",
+                    pairs.len(),
+                    theirs.len()
+                )
+            } else {
+                String::new()
+            };
+            (
+                fw.to_string(),
+                Some(median(&ms)),
+                Some(median(&ratios)),
+                note,
+                ratios,
+            )
         })
         .collect();
     (a, vs)
