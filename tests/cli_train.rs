@@ -1104,9 +1104,20 @@ fn sweep_experiment_trains_one_ddrm_per_value() {
         let lambda = cfg["config"]["ddrm"]["lambda"].as_f64().unwrap();
         assert!((lambda - want).abs() < 1e-6, "{cfg}");
     }
+    // the value the valid split picks: the first with the highest valid R@20
+    let valid: Vec<f64> = rows
+        .iter()
+        .map(|r| r["valid_recall20"].as_f64().unwrap())
+        .collect();
+    assert!(valid.iter().all(|&x| x > 0.0), "{valid:?}");
+    let want = if valid[1] > valid[0] { 0.9 } else { 0.2 };
+    assert_eq!(v["picked_on_valid"].as_f64().unwrap(), want, "{valid:?}");
+    assert!(v["backend"]["valid_recall20"].as_f64().unwrap() > 0.0);
     let svg = std::fs::read_to_string(Path::new(&out).join("sweep-recall.svg")).unwrap();
     assert_eq!(svg.matches("<polyline").count(), 2);
-    assert!(Path::new(&out).join("sweep.md").exists());
+    let md = std::fs::read_to_string(Path::new(&out).join("sweep.md")).unwrap();
+    assert!(md.contains("| valid R@20 |"), "{md}");
+    assert!(md.contains(&format!("| {want} * |")), "{md}");
     // reuse the backend run: same backend figures, steps set T and T' together
     let backend = Path::new(&out)
         .join("backend")
@@ -1219,6 +1230,7 @@ fn ablation_experiment_switches_one_part_per_row() {
     assert_eq!(cfg("startonlycosine")["rounding"], "cosine");
     for r in rows {
         assert!(r["recall20"].as_f64().unwrap() > 0.0, "{r}");
+        assert!(r["valid_recall20"].as_f64().unwrap() > 0.0, "{r}");
     }
     assert!(Path::new(&out).join("ablation.md").exists());
     let (code, _, err) = ddrm(&[

@@ -5,7 +5,8 @@
 
 use super::ddrm_cmd::DdrmArgs;
 use super::experiment_common::{
-    at20, backend_row, gain, markdown, pair, write_outputs, DdrmExperimentArgs,
+    at20, backend_row, gain, markdown, pair, valid20, write_outputs, DdrmExperimentArgs,
+    RESULT_COLUMNS,
 };
 use super::table::render;
 use crate::diffusion::ddrm::{Arch, Inference, Rounding};
@@ -115,14 +116,16 @@ pub fn run(a: &AblationArgs, quiet: bool) -> Result<()> {
         }
         // (the start-point variants train nothing: see `train_ddrm`)
         let r = c.variant(&bdir, None, &a.out.join(v.tag()), quiet, |d| v.apply(d))?;
-        results.push((v, at20(&r), r.best_epoch));
+        results.push((v, valid20(&r), at20(&r), r.best_epoch));
     }
     let secs = t0.elapsed().as_secs_f64();
-    let header = ["variant", "R@20 / N@20", "R@20 vs backend", "best epoch"];
+    let mut header = vec!["variant"];
+    header.extend(RESULT_COLUMNS);
     let mut rows = vec![backend_row(label, &b)];
-    for &(v, m, e) in &results {
+    for &(v, val, m, e) in &results {
         rows.push(vec![
             v.describe().to_string(),
+            format!("{val:.4}"),
             pair(m),
             gain(m, base),
             e.to_string(),
@@ -143,9 +146,11 @@ pub fn run(a: &AblationArgs, quiet: bool) -> Result<()> {
     );
     let json = serde_json::json!({"dataset": c.dataset, "model": label, "seed": c.seed,
         "seconds": secs, "threads": rayon::current_num_threads(),
-        "backend": {"recall20": base[0], "ndcg20": base[1], "best_epoch": b.best_epoch},
-        "rows": results.iter().map(|(v, m, e)| serde_json::json!({
-            "variant": v, "recall20": m[0], "ndcg20": m[1], "best_epoch": e})).collect::<Vec<_>>()});
+        "backend": {"recall20": base[0], "ndcg20": base[1], "valid_recall20": valid20(&b),
+            "best_epoch": b.best_epoch},
+        "rows": results.iter().map(|(v, val, m, e)| serde_json::json!({
+            "variant": v, "valid_recall20": val, "recall20": m[0], "ndcg20": m[1],
+            "best_epoch": e})).collect::<Vec<_>>()});
     write_outputs(&a.out, "ablation", &json, &md, None)?;
     if c.json {
         println!("{}", serde_json::to_string_pretty(&json)?);

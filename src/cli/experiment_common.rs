@@ -74,14 +74,29 @@ impl DdrmExperimentArgs {
     }
 }
 
+/// The tables' columns after the first: valid R@20 (what to choose by), test R@20 / N@20
+/// (what to report), the change against the backend, the best epoch.
+pub const RESULT_COLUMNS: [&str; 4] = [
+    "valid R@20",
+    "test R@20 / N@20",
+    "R@20 vs backend",
+    "best epoch",
+];
+
 /// The table's first row: the backend without DDRM.
 pub fn backend_row(label: &str, b: &RunResult) -> Vec<String> {
     vec![
         format!("{label} (no DDRM)"),
+        format!("{:.4}", valid20(b)),
         pair(at20(b)),
         "-".into(),
         b.best_epoch.to_string(),
     ]
+}
+
+/// R@20 on valid, at the run's best epoch.
+pub fn valid20(r: &RunResult) -> f64 {
+    r.valid.recall(20)
 }
 
 /// (R@20, N@20) on test.

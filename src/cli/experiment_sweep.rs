@@ -1,9 +1,11 @@
 //! `ddrm experiment sweep`: the paper's hyper-parameter analysis (Figure 6). One backend run,
 //! then DDRM (paper recipe) once per value of one hyper-parameter, the others at the recipe's
-//! values; test R@20 / N@20 per value beside the backend's, as a table, JSON and a plot.
+//! values; valid R@20 (to choose by) and test R@20 / N@20 per value beside the backend's, as a
+//! table, JSON and a plot.
 
 use super::experiment_common::{
-    at20, backend_row, gain, markdown, pair, write_outputs, DdrmExperimentArgs,
+    at20, backend_row, gain, markdown, pair, valid20, write_outputs, DdrmExperimentArgs,
+    RESULT_COLUMNS,
 };
 use super::table::render;
 use crate::bench::svg::{linear, Series};
@@ -119,14 +121,31 @@ pub fn run(a: &SweepArgs, quiet: bool) -> Result<()> {
                 SweepParam::Gamma => d.gamma = Some(v as f32),
             },
         )?;
-        results.push((v, at20(&r), r.best_epoch));
+        results.push((v, valid20(&r), at20(&r), r.best_epoch));
     }
     let secs = t0.elapsed().as_secs_f64();
-    let header = [p.label(), "R@20 / N@20", "R@20 vs backend", "best epoch"];
+    // the value the valid split picks (the first of equals); test is for reporting only
+    let picked = results
+        .iter()
+        .fold(None::<(f64, f64)>, |best, &(v, val, _, _)| match best {
+            Some((_, bv)) if bv >= val => best,
+            _ => Some((v, val)),
+        })
+        .map(|(v, _)| v);
+    let mut header = vec![p.label()];
+    header.extend(RESULT_COLUMNS);
     let mut rows = vec![backend_row(label, &b)];
-    for &(v, m, e) in &results {
-        rows.push(vec![format!("{v}"), pair(m), gain(m, base), e.to_string()]);
+    for &(v, val, m, e) in &results {
+        let mark = if Some(v) == picked { " *" } else { "" };
+        rows.push(vec![
+            format!("{v}{mark}"),
+            format!("{val:.4}"),
+            pair(m),
+            gain(m, base),
+            e.to_string(),
+        ]);
     }
+    let note = "* the value with the best valid R@20 (choose by valid; test is for reporting)";
     let title = format!(
         "ddrm experiment sweep — {label}+DDRM over {} on {} (test split, seed {})",
         p.label(),
@@ -138,7 +157,7 @@ pub fn run(a: &SweepArgs, quiet: bool) -> Result<()> {
         &header,
         &rows,
         &format!(
-            "Total time: {secs:.0} s on {} threads.",
+            "{note}\n\nTotal time: {secs:.0} s on {} threads.",
             rayon::current_num_threads()
         ),
     );
@@ -160,7 +179,7 @@ pub fn run(a: &SweepArgs, quiet: bool) -> Result<()> {
         &[
             Series {
                 name: format!("{label}+DDRM"),
-                points: results.iter().map(|r| (x(r.0), r.1[0])).collect(),
+                points: results.iter().map(|r| (x(r.0), r.2[0])).collect(),
             },
             Series {
                 name: label.to_string(),
@@ -170,15 +189,19 @@ pub fn run(a: &SweepArgs, quiet: bool) -> Result<()> {
     );
     let json = serde_json::json!({"dataset": c.dataset, "model": label, "seed": c.seed,
         "param": p, "seconds": secs, "threads": rayon::current_num_threads(),
-        "backend": {"recall20": base[0], "ndcg20": base[1], "best_epoch": b.best_epoch},
-        "rows": results.iter().map(|(v, m, e)| serde_json::json!({
-            "value": v, "recall20": m[0], "ndcg20": m[1], "best_epoch": e})).collect::<Vec<_>>()});
+        "backend": {"recall20": base[0], "ndcg20": base[1], "valid_recall20": valid20(&b),
+            "best_epoch": b.best_epoch},
+        "picked_on_valid": picked,
+        "rows": results.iter().map(|(v, val, m, e)| serde_json::json!({
+            "value": v, "valid_recall20": val, "recall20": m[0], "ndcg20": m[1],
+            "best_epoch": e})).collect::<Vec<_>>()});
     write_outputs(&a.out, "sweep", &json, &md, Some(&svg))?;
     if c.json {
         println!("{}", serde_json::to_string_pretty(&json)?);
     } else {
         println!("{title}");
         print!("{}", render(&header, &rows));
+        println!("{note}");
         println!(
             "total {secs:.0} s; written to {} (sweep.md, sweep.json, sweep-recall.svg)",
             a.out.display()
