@@ -11,7 +11,11 @@ pub fn render(header: &[&str], rows: &[Vec<String>]) -> String {
         }
     }
     let is_num = |s: &str| {
-        let t = s.trim_start_matches(['+', '-']).trim_end_matches('%');
+        // a number, possibly signed, in percent, or carrying a footnote mark (" *")
+        let t = s
+            .trim_end_matches(" *")
+            .trim_start_matches(['+', '-'])
+            .trim_end_matches('%');
         !t.is_empty()
             && t.chars()
                 .all(|c| c.is_ascii_digit() || c == '.' || c == ',' || c == 'e' || c == 'x')
@@ -57,4 +61,23 @@ pub fn thousands(n: usize) -> String {
         out.push(ch);
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::render;
+
+    #[test]
+    fn numbers_align_right_with_or_without_a_footnote_mark() {
+        let rows = vec![
+            vec!["0.7500".to_string(), "a".to_string()],
+            vec!["0.9 *".to_string(), "+1.5%".to_string()],
+            vec!["name".to_string(), "-2%".to_string()],
+        ];
+        let t = render(&["value", "change"], &rows);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines[2], "0.7500  a");
+        assert_eq!(lines[3], " 0.9 *   +1.5%");
+        assert_eq!(lines[4], "name       -2%");
+    }
 }
