@@ -991,6 +991,116 @@ fn reproduce_runs_every_default_row() {
     assert!(code != 0 && err.contains("ncf"), "{err}");
 }
 
+/// `reproduce --seeds`: one whole reproduction per seed, then each row's mean and spread and
+/// how often DDRM is above its backend; `--summarize` pools finished runs the same way.
+#[test]
+fn reproduce_over_seeds_pools_each_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let ds = synth(dir.path(), "s.ddrm", "8");
+    let out = dir.path().join("seeds").to_str().unwrap().to_string();
+    let base = [
+        "-q",
+        "--threads",
+        "2",
+        "reproduce",
+        "--dataset",
+        &ds,
+        "--models",
+        "mf",
+        "--no-baselines",
+        "--backend-epochs",
+        "1",
+        "--ddrm-epochs",
+        "1",
+    ];
+    let mut args = base.to_vec();
+    args.extend(["--seeds", "5,6", "--out", &out, "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&ok(&args)).unwrap();
+    assert_eq!(v["seeds"], serde_json::json!([5, 6]));
+    let rows = v["rows"].as_array().unwrap();
+    let models: Vec<&str> = rows.iter().map(|r| r["model"].as_str().unwrap()).collect();
+    assert_eq!(
+        models,
+        ["MF-BPR", "MF-BPR+DDRM", "MF-BPR: start point only"]
+    );
+    // each seed's own table, and the pooled figures are the per-seed ones' mean
+    let table = |seed: &str| -> serde_json::Value {
+        let p = Path::new(&out)
+            .join(format!("seed-{seed}"))
+            .join("table.json");
+        serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+    };
+    let (t5, t6) = (table("5"), table("6"));
+    assert_eq!(t5["seed"], 5);
+    for (i, r) in rows.iter().enumerate() {
+        let (a, b) = (
+            t5["rows"][i]["ours"][1].as_f64().unwrap(),
+            t6["rows"][i]["ours"][1].as_f64().unwrap(),
+        );
+        assert_eq!(r["per_seed"][0][1].as_f64().unwrap(), a);
+        assert!(
+            (r["mean"][1].as_f64().unwrap() - (a + b) / 2.0).abs() < 1e-12,
+            "{r}"
+        );
+        assert!((r["sd"][1].as_f64().unwrap() - (a - b).abs() / 2f64.sqrt()).abs() < 1e-12);
+    }
+    let ddrm_above = rows[1]["above_backend"].as_array().unwrap();
+    let want = (0..2)
+        .filter(|&s| {
+            let t = if s == 0 { &t5 } else { &t6 };
+            t["rows"][1]["ours"][1].as_f64() > t["rows"][0]["ours"][1].as_f64()
+        })
+        .count();
+    assert_eq!(ddrm_above[0].as_u64().unwrap() as usize, want);
+    assert_eq!(rows[1]["backend"], "MF-BPR");
+    assert!(Path::new(&out).join("seeds.md").exists());
+    // the same summary from the finished runs
+    let out2 = dir.path().join("pooled").to_str().unwrap().to_string();
+    let s5 = Path::new(&out).join("seed-5").to_str().unwrap().to_string();
+    let s6 = Path::new(&out).join("seed-6").to_str().unwrap().to_string();
+    let both = format!("{s5},{s6}");
+    let w: serde_json::Value = serde_json::from_str(&ok(&[
+        "-q",
+        "reproduce",
+        "--summarize",
+        &both,
+        "--out",
+        &out2,
+        "--json",
+    ]))
+    .unwrap();
+    assert_eq!(w["rows"], v["rows"]);
+    let md = std::fs::read_to_string(Path::new(&out2).join("seeds.md")).unwrap();
+    assert!(md.contains("| MF-BPR+DDRM |"), "{md}");
+    // refused: a seed twice, the same run twice, a directory without a table, --seed with
+    // --seeds
+    let same = format!("{s5},{s5}");
+    let missing = dir.path().join("nothing").to_str().unwrap().to_string();
+    for (args, needle) in [
+        (
+            vec!["reproduce", "--seeds", "1,1", "--dataset", &ds],
+            "twice",
+        ),
+        (vec!["reproduce", "--summarize", &same], "twice"),
+        (vec!["reproduce", "--summarize", &missing], "no table.json"),
+        (
+            vec![
+                "reproduce",
+                "--seed",
+                "3",
+                "--seeds",
+                "1,2",
+                "--dataset",
+                &ds,
+            ],
+            "cannot be used with",
+        ),
+    ] {
+        let (code, _, err) = ddrm(&args);
+        assert!(code != 0 && err.contains(needle), "{args:?}: {err}");
+    }
+}
+
 /// The random-noise experiment: one row per ratio (backend, + R-CE, + DDRM), a table, JSON and
 /// a plot; the corrupted datasets keep the clean test split.
 #[test]

@@ -12,6 +12,7 @@ pub mod experiment_common;
 pub mod experiment_sweep;
 pub mod multivae_cmd;
 pub mod reproduce;
+mod reproduce_seeds;
 pub mod run_dir;
 pub mod table;
 pub mod train_cmd;

@@ -40,6 +40,16 @@ pub struct ReproduceArgs {
     /// Seed for every stage.
     #[arg(long, default_value_t = 2020)]
     pub seed: u64,
+    /// Several seeds: one whole reproduction per seed (into OUT/seed-S), then a table of each
+    /// row's mean and standard deviation over the seeds, and in how many seeds each variant
+    /// beats its backend (seeds.md, seeds.json).
+    #[arg(long, value_delimiter = ',', conflicts_with = "seed")]
+    pub seeds: Option<Vec<u64>>,
+    /// Summarise finished reproductions instead of training: directories that each hold a
+    /// `table.json` (e.g. one per seed, made on different days or machines); the summary goes
+    /// to OUT.
+    #[arg(long, value_delimiter = ',', conflicts_with_all = ["seed", "seeds"])]
+    pub summarize: Option<Vec<PathBuf>>,
     /// Output directory (one run directory per stage inside).
     #[arg(long, default_value = "runs/reproduce")]
     pub out: PathBuf,
@@ -124,7 +134,7 @@ pub fn paper_row(label: &str) -> Option<[f64; 4]> {
 }
 
 /// One row of the reproduction table.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct Row {
     /// Model label.
     pub model: String,
@@ -277,22 +287,45 @@ pub fn ddrm_stage_with(
     run_train_ddrm(cfg, from, out, quiet)
 }
 
-/// Run the reproduction and print/write the table.
+/// Run the reproduction (one seed, several, or a summary of finished ones) and print/write
+/// the tables.
 pub fn run(a: &ReproduceArgs, quiet: bool) -> Result<()> {
     if a.models.is_empty() {
         bail!("--models is empty");
     }
+    if let Some(dirs) = &a.summarize {
+        return super::reproduce_seeds::summarize_dirs(dirs, &a.out, a.json);
+    }
+    let Some(seeds) = &a.seeds else {
+        run_seed(a, a.seed, &a.out, quiet)?;
+        return Ok(());
+    };
+    super::reproduce_seeds::check_seeds(seeds)?;
+    let mut dirs = Vec::new();
+    for &seed in seeds {
+        if !quiet {
+            eprintln!("==== seed {seed} ====");
+        }
+        let out = a.out.join(format!("seed-{seed}"));
+        run_seed(a, seed, &out, quiet)?;
+        dirs.push(out);
+    }
+    super::reproduce_seeds::summarize_dirs(&dirs, &a.out, a.json)
+}
+
+/// One whole reproduction with `seed` into `out` (table.md, table.json); returns its rows.
+fn run_seed(a: &ReproduceArgs, seed: u64, out: &std::path::Path, quiet: bool) -> Result<Vec<Row>> {
     let t0 = Instant::now();
-    std::fs::create_dir_all(&a.out)?;
+    std::fs::create_dir_all(out)?;
     let mut rows = Vec::new();
     for &b in &a.models {
         let name = format!("{b:?}").to_lowercase();
         if !quiet {
             eprintln!("== {} on {} ==", b.label(), a.dataset);
         }
-        let bdir = a.out.join(&name);
+        let bdir = out.join(&name);
         let r = run_train(
-            &backend_args(b, &a.dataset, a.seed, a.backend_epochs, None, bdir.clone()),
+            &backend_args(b, &a.dataset, seed, a.backend_epochs, None, bdir.clone()),
             quiet,
         )?;
         rows.push(row(b.label().to_string(), &r, bdir.clone()));
@@ -309,16 +342,9 @@ pub fn run(a: &ReproduceArgs, quiet: bool) -> Result<()> {
                 if !quiet {
                     eprintln!("== {} + {suffix} ==", b.label());
                 }
-                let xdir = a.out.join(format!("{name}-{}", suffix.to_lowercase()));
+                let xdir = out.join(format!("{name}-{}", suffix.to_lowercase()));
                 let r = run_train(
-                    &backend_args(
-                        b,
-                        &a.dataset,
-                        a.seed,
-                        a.backend_epochs,
-                        Some(x),
-                        xdir.clone(),
-                    ),
+                    &backend_args(b, &a.dataset, seed, a.backend_epochs, Some(x), xdir.clone()),
                     quiet,
                 )?;
                 rows.push(row(format!("{}+{suffix}", b.label()), &r, xdir));
@@ -327,8 +353,8 @@ pub fn run(a: &ReproduceArgs, quiet: bool) -> Result<()> {
         if !quiet {
             eprintln!("== {} + DDRM ==", b.label());
         }
-        let ddir = a.out.join(format!("{name}-ddrm"));
-        let r = ddrm_stage(b, a.recipe, &bdir, a.seed, a.ddrm_epochs, &ddir, quiet)?;
+        let ddir = out.join(format!("{name}-ddrm"));
+        let r = ddrm_stage(b, a.recipe, &bdir, seed, a.ddrm_epochs, &ddir, quiet)?;
         rows.push(row(format!("{}+DDRM", b.label()), &r, ddir));
         if !a.no_start_point {
             // DDRM's inference without the denoiser: the mean of the liked items, rounded the
@@ -336,8 +362,8 @@ pub fn run(a: &ReproduceArgs, quiet: bool) -> Result<()> {
             if !quiet {
                 eprintln!("== {}: start point only ==", b.label());
             }
-            let sdir = a.out.join(format!("{name}-start"));
-            let r = ddrm_stage_with(b, a.recipe, &bdir, a.seed, None, &sdir, quiet, |d| {
+            let sdir = out.join(format!("{name}-start"));
+            let r = ddrm_stage_with(b, a.recipe, &bdir, seed, None, &sdir, quiet, |d| {
                 d.inference = Some(Inference::StartOnly)
             })?;
             rows.push(row(format!("{}: start point only", b.label()), &r, sdir));
@@ -355,11 +381,11 @@ pub fn run(a: &ReproduceArgs, quiet: bool) -> Result<()> {
         if !quiet {
             eprintln!("== {} ==", m.label());
         }
-        let vdir = a.out.join(m.label().to_lowercase());
+        let vdir = out.join(m.label().to_lowercase());
         let mut args = backend_args(
             Backend::Mf,
             &a.dataset,
-            a.seed,
+            seed,
             a.backend_epochs,
             None,
             vdir.clone(),
@@ -410,7 +436,7 @@ pub fn run(a: &ReproduceArgs, quiet: bool) -> Result<()> {
     let mut md = format!(
         "# ddrm reproduce — {} (test split, seed {}, recipe {:?})\n\n| {} |\n|{}|\n",
         a.dataset,
-        a.seed,
+        seed,
         a.recipe,
         header.join(" | "),
         header.iter().map(|_| "---").collect::<Vec<_>>().join("|")
@@ -422,24 +448,24 @@ pub fn run(a: &ReproduceArgs, quiet: bool) -> Result<()> {
         "\nTotal time: {secs:.0} s on {} threads.\n",
         rayon::current_num_threads()
     );
-    let json = serde_json::json!({"dataset": a.dataset, "seed": a.seed, "recipe": a.recipe, "seconds": secs, "threads": rayon::current_num_threads(), "rows": rows});
-    crate::util::atomic::write_atomic(
-        &a.out.join("table.json"),
-        &serde_json::to_vec_pretty(&json)?,
-    )?;
-    crate::util::atomic::write_atomic(&a.out.join("table.md"), md.as_bytes())?;
+    let json = serde_json::json!({"dataset": a.dataset, "seed": seed, "recipe": a.recipe, "seconds": secs, "threads": rayon::current_num_threads(), "rows": rows});
+    crate::util::atomic::write_atomic(&out.join("table.json"), &serde_json::to_vec_pretty(&json)?)?;
+    crate::util::atomic::write_atomic(&out.join("table.md"), md.as_bytes())?;
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&json)?);
+        // with several seeds, stdout gets the summary's JSON alone
+        if a.seeds.is_none() {
+            println!("{}", serde_json::to_string_pretty(&json)?);
+        }
     } else {
         println!(
             "ddrm reproduce: {} test split, seed {}, DDRM recipe {:?}",
-            a.dataset, a.seed, a.recipe
+            a.dataset, seed, a.recipe
         );
         print!("{table}");
         println!(
             "total {secs:.0} s; table written to {} (table.md, table.json)",
-            a.out.display()
+            out.display()
         );
     }
-    Ok(())
+    Ok(rows)
 }
