@@ -158,29 +158,7 @@ fn bench_suites_run_alone_and_write_json_lines() {
 #[test]
 fn bench_rounds_pair_each_ddrm_timing_with_the_framework_run_after_it() {
     let dir = tempfile::tempdir().unwrap();
-    let ds = synth(dir.path());
-    let out = dir.path().join("bench");
-    let (fake, counter) = counting_python(dir.path(), "");
-    let (code, table, err) = ddrm(&[
-        "-q",
-        "bench",
-        "kernels",
-        "--dataset",
-        &ds,
-        "--reps",
-        "1",
-        "--rounds",
-        "3",
-        "--only",
-        "2048x64 · (1000x64)",
-        "--vs",
-        "numpy",
-        "--python",
-        fake.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ]);
-    assert_eq!(code, 0, "{err}");
+    let (table, out, counter) = three_rounds_against(dir.path(), "");
     assert!(table.contains("median of 3 A/B rounds"), "{table}");
     assert_eq!(std::fs::read_to_string(&counter).unwrap().trim(), "3");
     let rows = jsonl(&out.join("kernels.jsonl"));
@@ -242,12 +220,35 @@ fn counting_python(
 #[test]
 fn bench_rounds_keep_the_rounds_where_the_framework_ran() {
     let dir = tempfile::tempdir().unwrap();
-    let ds = synth(dir.path());
-    let out = dir.path().join("bench");
-    let (fake, counter) = counting_python(
+    let (table, out, counter) = three_rounds_against(
         dir.path(),
         "if [ $n = 2 ]; then echo 'round two broke' >&2; exit 1; fi",
     );
+    assert_eq!(std::fs::read_to_string(&counter).unwrap().trim(), "3");
+    let rows = jsonl(&out.join("kernels.jsonl"));
+    let vs = rows[0]["vs"][0].as_array().unwrap();
+    // the median of rounds 1 and 3 (1 and 3 ms); round 2 left out
+    assert_eq!(vs[1].as_f64().unwrap(), 2.0, "{table}");
+    assert_eq!(vs[4].as_array().unwrap().len(), 2);
+    let note = vs[3].as_str().unwrap();
+    assert!(note.contains("ran in 2 of 3 rounds"), "{note}");
+    assert!(note.contains("round two broke"), "{note}");
+    assert!(
+        table.contains("note: numpy: ran in 2 of 3 rounds"),
+        "{table}"
+    );
+}
+
+/// `bench kernels` on one row with `--rounds 3` against the stand-in of [`counting_python`]
+/// (with `fail_if`). Returns the printed table, the output folder and the run counter file.
+#[cfg(unix)]
+fn three_rounds_against(
+    dir: &std::path::Path,
+    fail_if: &str,
+) -> (String, std::path::PathBuf, std::path::PathBuf) {
+    let ds = synth(dir);
+    let out = dir.join("bench");
+    let (fake, counter) = counting_python(dir, fail_if);
     let (code, table, err) = ddrm(&[
         "-q",
         "bench",
@@ -268,17 +269,5 @@ fn bench_rounds_keep_the_rounds_where_the_framework_ran() {
         out.to_str().unwrap(),
     ]);
     assert_eq!(code, 0, "{err}");
-    assert_eq!(std::fs::read_to_string(&counter).unwrap().trim(), "3");
-    let rows = jsonl(&out.join("kernels.jsonl"));
-    let vs = rows[0]["vs"][0].as_array().unwrap();
-    // the median of rounds 1 and 3 (1 and 3 ms); round 2 left out
-    assert_eq!(vs[1].as_f64().unwrap(), 2.0, "{table}");
-    assert_eq!(vs[4].as_array().unwrap().len(), 2);
-    let note = vs[3].as_str().unwrap();
-    assert!(note.contains("ran in 2 of 3 rounds"), "{note}");
-    assert!(note.contains("round two broke"), "{note}");
-    assert!(
-        table.contains("note: numpy: ran in 2 of 3 rounds"),
-        "{table}"
-    );
+    (table, out, counter)
 }
