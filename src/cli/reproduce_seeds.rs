@@ -155,7 +155,7 @@ pub fn summarize_dirs(dirs: &[PathBuf], out: &Path, json: bool) -> Result<()> {
         "model",
         "R@20 mean ± sd",
         "N@20 mean ± sd",
-        "vs paper (R@20 / N@20)",
+        "mean vs paper (R@20 / N@20)",
         "above backend (R@20 / N@20)",
         "R@20 by seed",
     ];
@@ -184,9 +184,13 @@ pub fn summarize_dirs(dirs: &[PathBuf], out: &Path, json: bool) -> Result<()> {
         .map(u64::to_string)
         .collect::<Vec<_>>()
         .join(", ");
+    let recipe = match &tables[0].recipe {
+        serde_json::Value::String(r) => r.clone(),
+        other => other.to_string(),
+    };
     let title = format!(
-        "ddrm reproduce — {} over seeds {seed_list} (test split, recipe {})",
-        tables[0].dataset, tables[0].recipe
+        "ddrm reproduce — {} over seeds {seed_list} (test split, recipe {recipe})",
+        tables[0].dataset
     );
     let footer = if left_out.is_empty() {
         String::new()
