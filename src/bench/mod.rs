@@ -230,7 +230,8 @@ fn ab_with(
         ours.push(time(warmup, reps, &mut f));
         theirs.push(run_reference(ctx, op, dir, &fws, reps, warmup));
         // let the system settle after the framework process exits (freeing its memory keeps
-        // a core busy for a moment; measured: 2x slower 2-thread GEMM right after)
+        // a core busy for a moment; measured: 2x slower 2-thread GEMM right after); after the
+        // last round too, since the next row's ddrm timing comes next
         std::thread::sleep(SETTLE);
     }
     let medians: Vec<f64> = ours.iter().map(|t| t.median_ms).collect();
