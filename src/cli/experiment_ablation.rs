@@ -132,7 +132,7 @@ pub fn run(a: &AblationArgs, quiet: bool) -> Result<()> {
         ]);
     }
     let title = format!(
-        "ddrm experiment ablation — {label}+DDRM on {} (test split, seed {})",
+        "ddrm experiment ablation — {label}+DDRM on {} (valid and test splits, seed {})",
         c.dataset, c.seed
     );
     let md = markdown(

@@ -147,7 +147,7 @@ pub fn run(a: &SweepArgs, quiet: bool) -> Result<()> {
     }
     let note = "* the value with the best valid R@20 (choose by valid; test is for reporting)";
     let title = format!(
-        "ddrm experiment sweep — {label}+DDRM over {} on {} (test split, seed {})",
+        "ddrm experiment sweep — {label}+DDRM over {} on {} (valid and test splits, seed {})",
         p.label(),
         c.dataset,
         c.seed
