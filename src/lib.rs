@@ -15,6 +15,7 @@ pub mod bench;
 pub mod cli;
 pub mod data;
 pub mod denoising;
+pub mod device;
 pub mod diffusion;
 pub mod eval;
 pub mod kernels;

@@ -129,11 +129,15 @@ fn bench_suites_run_alone_and_write_json_lines() {
             vec!["bench", "kernels", "--device", "tpu"],
             "unknown --device",
         ),
+        (
+            vec!["bench", "kernels", "--device", "cuda:x"],
+            "ordinal after 'cuda:'",
+        ),
         // without the feature: how to get it; with it, only the kernels suite runs on a GPU
         (
             vec!["bench", "epoch", "--device", "cuda"],
             if cfg!(feature = "cuda") {
-                "only the kernels suite"
+                "the training epochs run on the CPU only"
             } else {
                 "without the `cuda` feature"
             },

@@ -145,6 +145,46 @@ fn backends_and_ddrm_train_evaluate_and_recommend() {
         test_metrics(Path::new(&dd)),
         "DDRM eval is seeded and reproducible"
     );
+    // --device: cpu is the default; cuda ranks and denoises on a GPU, or says why it cannot
+    let on_cpu: serde_json::Value = serde_json::from_str(&ok(&[
+        "--threads",
+        "2",
+        "eval",
+        "--run",
+        &dd,
+        "--device",
+        "cpu",
+        "--json",
+    ]))
+    .unwrap();
+    assert_eq!(on_cpu, ev);
+    let (code, _, err) = ddrm(&["eval", "--run", &dd, "--device", "tpu"]);
+    assert!(code != 0 && err.contains("unknown --device 'tpu'"), "{err}");
+    let (code, out, err) = ddrm(&["eval", "--run", &dd, "--device", "cuda", "--json"]);
+    assert!(!err.contains("panicked"), "{err}");
+    if code == 0 {
+        let on_gpu: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(on_gpu["users"], ev["users"]);
+        let (cpu_at, gpu_at) = (
+            ev["at"].as_array().unwrap(),
+            on_gpu["at"].as_array().unwrap(),
+        );
+        assert_eq!(cpu_at.len(), gpu_at.len());
+        for (c, g) in cpu_at.iter().zip(gpu_at) {
+            for m in ["recall", "ndcg"] {
+                let (a, b) = (c[m].as_f64().unwrap(), g[m].as_f64().unwrap());
+                assert!(
+                    (a - b).abs() <= 0.02 * a + 1e-3,
+                    "{m}@{}: cpu {a}, gpu {b}",
+                    c["k"]
+                );
+            }
+        }
+    } else if cfg!(feature = "cuda") {
+        assert!(err.contains("--device cuda:"), "{err}");
+    } else {
+        assert!(err.contains("built without the `cuda` feature"), "{err}");
+    }
     let rec: serde_json::Value = serde_json::from_str(&ok(&[
         "recommend",
         "--run",

@@ -1,7 +1,8 @@
 //! `ddrm bench kernels --device cuda` (feature `cuda`): the CUDA kernels at the shapes of the
 //! CPU suite (GEMM at the model shapes, SpMM on the dataset graph, fused top-20 of every test
 //! user), each timed to completion on the stream, with `--vs torch-cuda` (PyTorch on the same
-//! GPU: cuBLAS, cuSPARSE, matmul + topk) interleaved A B A B as on the CPU.
+//! GPU: cuBLAS, cuSPARSE, matmul + topk) interleaved A B A B as on the CPU; and DDRM
+//! inference + evaluation on the GPU, the model of `ddrm bench eval`'s CPU row.
 //!
 //! Written without a GPU to run it on: the kernels' correctness is covered by
 //! `tests/kernels_cuda.rs`, and this suite has not produced figures yet.
@@ -10,7 +11,8 @@ use super::{
     ab, gemm_case, gemm_name, gemm_shape, spmm_case, timing, topk_case, Ctx, Row, TopkCase,
     GEMM_SHAPES,
 };
-use crate::data::Dataset;
+use crate::data::{Dataset, Split};
+use crate::device::Device;
 use crate::kernels::cuda::{Gpu, GpuCsr, GpuEpilogue};
 use anyhow::Result;
 
@@ -34,7 +36,11 @@ fn timed(
 
 /// The GPU kernel suite on device 0.
 pub fn kernels(ctx: &Ctx, ds: &Dataset) -> Result<Vec<Row>> {
-    let gpu = Gpu::open(0)?;
+    let dev = Device::open("cuda")?;
+    let Device::Cuda(gpu) = &dev else {
+        unreachable!("Device::open(\"cuda\") opens a GPU or fails")
+    };
+    let gpu: &Gpu = gpu;
     if !ctx.quiet {
         eprintln!("GPU: {}", gpu.name());
     }
@@ -46,7 +52,7 @@ pub fn kernels(ctx: &Ctx, ds: &Dataset) -> Result<Vec<Row>> {
         let (a, b, dir) = gemm_case(m, n, k, ta, tb)?;
         let (ga, gb) = (gpu.upload(&a)?, gpu.upload(&b)?);
         let mut gc = gpu.zeros::<f32>(m * n)?;
-        let (t, vs) = timed(ctx, "gemm", dir.path(), &gpu, || {
+        let (t, vs) = timed(ctx, "gemm", dir.path(), gpu, || {
             gpu.gemm(
                 ta,
                 tb,
@@ -72,10 +78,23 @@ pub fn kernels(ctx: &Ctx, ds: &Dataset) -> Result<Vec<Row>> {
         ));
     }
     if ctx.wants("spmm", "") {
-        rows.push(spmm_row(ctx, ds, &gpu)?);
+        rows.push(spmm_row(ctx, ds, gpu)?);
     }
     if ctx.wants("fused top-20", "") {
-        rows.push(topk_row(ctx, ds, &gpu)?);
+        rows.push(topk_row(ctx, ds, gpu)?);
+    }
+    if ctx.wants("DDRM inference + evaluation", "") {
+        // the same model and users as the CPU row of `ddrm bench eval`
+        let (m, shape) = super::eval_ddrm(ds)?;
+        let nu = crate::eval::eval_users(ds, Split::Test).len();
+        m.evaluate_on(&dev, ds, Split::Test, 1)?;
+        let t = timing::time(0, ctx.reps, || {
+            std::hint::black_box(
+                m.evaluate_on(&dev, ds, Split::Test, 1)
+                    .expect("GPU evaluation failed after succeeding once"),
+            );
+        });
+        rows.push(super::eval_ddrm_row("kernels-cuda", shape, t, nu));
     }
     Ok(rows)
 }

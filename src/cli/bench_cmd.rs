@@ -65,22 +65,23 @@ pub struct BenchArgs {
 
 /// Run a suite.
 pub fn run(a: &BenchArgs, quiet: bool) -> Result<()> {
-    let cuda = match a.device.as_str() {
-        "cpu" => false,
-        "cuda" if cfg!(feature = "cuda") => {
+    let cuda = match crate::device::parse_spec(&a.device)? {
+        None => false,
+        Some(_) if !cfg!(feature = "cuda") => bail!(
+            "--device cuda: this ddrm was built without the `cuda` feature \
+             (cargo build --release --features cuda)"
+        ),
+        Some(0) => {
             if a.suite != Suite::Kernels {
                 bail!(
-                    "--device cuda: only the kernels suite runs on the GPU so far (the models \
-                     do not, see README, 'CUDA'); use `ddrm bench kernels --device cuda`"
+                    "--device cuda: on the GPU, `ddrm bench kernels --device cuda` times the \
+                     kernels and DDRM inference + evaluation; the training epochs run on the \
+                     CPU only so far (see README, 'CUDA')"
                 );
             }
             true
         }
-        "cuda" => bail!(
-            "--device cuda: this ddrm was built without the `cuda` feature \
-             (cargo build --release --features cuda)"
-        ),
-        other => bail!("unknown --device '{other}' (cpu or cuda)"),
+        Some(n) => bail!("--device cuda:{n}: the GPU benchmarks run on device 0 (--device cuda)"),
     };
     if a.rounds == 0 {
         bail!("--rounds must be at least 1");

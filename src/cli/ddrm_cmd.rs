@@ -441,9 +441,9 @@ pub fn ddrm_queries(
     rc: &RunConfig,
     ds: &Dataset,
     users: &[u32],
-    seed: Option<u64>,
+    device: &crate::device::Device,
 ) -> Result<(Vec<f32>, Vec<f32>)> {
     let m = load_ddrm(tf, rc, ds)?;
-    let q = m.infer(ds, users, seed.unwrap_or(m.cfg.seed));
+    let q = m.infer_on(device, ds, users, m.cfg.seed)?;
     Ok((q, m.item_embeddings().into_owned()))
 }

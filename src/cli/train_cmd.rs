@@ -6,6 +6,7 @@ use crate::backends::trainer::{train, TrainConfig};
 use crate::backends::{Augment, Backend, ModelConfig};
 use crate::data::Split;
 use crate::denoising::Objective;
+use crate::device::Device;
 use crate::eval::Metrics;
 use anyhow::{bail, Context, Result};
 use clap::Args;
@@ -416,6 +417,10 @@ pub struct EvalArgs {
     /// Cut-offs.
     #[arg(long, value_delimiter = ',', default_value = "10,20")]
     pub k: Vec<usize>,
+    /// Where ranking (score + mask + top-K) and DDRM's inference run: cpu, cuda or cuda:N
+    /// (cuda needs a build with `--features cuda` and a GPU).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
     /// JSON output.
     #[arg(long)]
     pub json: bool,
@@ -436,24 +441,28 @@ pub struct RecommendArgs {
     /// Also mask valid items (as in testing).
     #[arg(long)]
     pub mask_valid: bool,
+    /// Where ranking and DDRM's inference run: cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
     /// JSON output.
     #[arg(long)]
     pub json: bool,
 }
 
-/// Scores for a run: query rows for `users` and the item matrix.
+/// Scores for a run: query rows for `users` and the item matrix. DDRM's inference runs on
+/// `device`; the other models' queries are computed on the CPU.
 pub fn run_queries(
     rd: &RunDir,
     rc: &RunConfig,
     ds: &crate::data::Dataset,
     users: &[u32],
-    seed_override: Option<u64>,
+    device: &Device,
 ) -> Result<(Vec<f32>, Vec<f32>)> {
     let tf = rd.checkpoint(rc)?;
     let d = rc.dim;
     let nu = ds.n_users();
     if rc.kind == "ddrm" {
-        return crate::cli::ddrm_cmd::ddrm_queries(&tf, rc, ds, users, seed_override);
+        return crate::cli::ddrm_cmd::ddrm_queries(&tf, rc, ds, users, device);
     }
     if rc.kind == "multivae" {
         return crate::cli::multivae_cmd::multivae_queries(&tf, rc, ds, users);
@@ -478,15 +487,21 @@ pub fn run_eval(a: &EvalArgs) -> Result<()> {
     if a.k.is_empty() || a.k.contains(&0) {
         bail!("--k must list positive cut-offs");
     }
+    let device = Device::open(&a.device)?;
     let rd = RunDir::open(&a.run)?;
     let rc = rd.config()?;
     let ds = rd.dataset(&rc)?;
     let users = crate::eval::eval_users(&ds, a.split);
-    let (q, items) = run_queries(&rd, &rc, &ds, &users, None)?;
-    let packed = crate::kernels::cpu::topk::PackedItems::new(&items, ds.n_items(), rc.dim);
-    let m = crate::eval::evaluate_queries(&ds, a.split, &users, &q, &packed, &a.k);
+    let (q, items) = run_queries(&rd, &rc, &ds, &users, &device)?;
+    let m =
+        crate::eval::evaluate_queries_on(&device, &ds, a.split, &users, &q, &items, rc.dim, &a.k)?;
+    let on = if device.is_cpu() {
+        String::new()
+    } else {
+        format!(", on {}", device.name())
+    };
     print_metrics(
-        &format!("{} on {} ({})", rc.backend, rc.dataset, a.split.name()),
+        &format!("{} on {} ({}{on})", rc.backend, rc.dataset, a.split.name()),
         &m,
         a.json,
     )
@@ -508,22 +523,15 @@ pub fn run_recommend(a: &RecommendArgs) -> Result<()> {
     if a.k == 0 {
         bail!("--k must be at least 1");
     }
-    let (q, items) = run_queries(&rd, &rc, &ds, &[a.user], None)?;
-    let packed = crate::kernels::cpu::topk::PackedItems::new(&items, ds.n_items(), rc.dim);
+    let device = Device::open(&a.device)?;
+    let (q, items) = run_queries(&rd, &rc, &ds, &[a.user], &device)?;
     let masks = if a.mask_valid {
         vec![ds.train(), ds.valid()]
     } else {
         vec![ds.train()]
     };
     let k = a.k.min(ds.n_items());
-    let (top, scores) = crate::kernels::cpu::topk::fused_topk(
-        crate::kernels::cpu::Isa::detect(),
-        &q,
-        &packed,
-        k,
-        &masks,
-        &[a.user],
-    );
+    let (top, scores) = crate::eval::rank_on(&device, &q, &items, rc.dim, k, &masks, &[a.user])?;
     let raw = ds.item_raw_ids();
     let list: Vec<(u32, f32)> = top
         .iter()

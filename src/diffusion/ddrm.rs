@@ -9,7 +9,8 @@ use crate::backends::graph::Graph;
 use crate::backends::sampler::sample_epoch;
 use crate::backends::Model;
 use crate::data::{Dataset, Split};
-use crate::eval::{eval_users, evaluate_queries, EarlyStop, Metrics};
+use crate::device::Device;
+use crate::eval::{eval_users, evaluate_queries, evaluate_queries_on, EarlyStop, Metrics};
 use crate::kernels::cpu::elementwise::{axpy, gather_rows, row_dots, sigmoid};
 use crate::kernels::cpu::topk::PackedItems;
 use crate::kernels::cpu::Act;
@@ -308,8 +309,8 @@ pub struct Ddrm {
     pub emb: Vec<f32>,
     /// The backend's trainable state under `--joint`.
     pub joint: Option<JointBackend>,
-    n_users: usize,
-    d: usize,
+    pub(crate) n_users: usize,
+    pub(crate) d: usize,
 }
 
 /// Backend embeddings fine-tuned with the denoisers (`--joint`). Without a graph the
@@ -771,11 +772,54 @@ impl Ddrm {
     /// Seeded: the same seed gives the same queries.
     pub fn infer(&self, ds: &Dataset, users: &[u32], seed: u64) -> Vec<f32> {
         let d = self.d;
+        let mut cache = DenoiserCache::default();
+        let run = self.infer_chunks(ds, users, seed, |x, ue, n, rng, eps| {
+            let t_last = self.cfg.steps - 1;
+            for step in (0..self.cfg.inference_steps).rev() {
+                let t = step.min(t_last);
+                let stepf = vec![t as f32; n];
+                let x0 = self.item_dn.forward(x, &stepf, ue, n, None, &mut cache);
+                let (c1, c2) = self.schedule.posterior_coefs(t);
+                for k in 0..n * d {
+                    x[k] = c1 * x0[k] + c2 * x[k];
+                }
+                if let Some(sd) = self.sampling_sd(t) {
+                    Rng::fill_normal_par(eps, 1.0, rng.next_u64());
+                    axpy(sd, eps, x);
+                }
+            }
+            Ok::<(), std::convert::Infallible>(())
+        });
+        match run {
+            Ok(q) => q,
+            Err(never) => match never {},
+        }
+    }
+
+    /// The standard deviation of the noise a reverse step to `t` adds (`--sample`; none at
+    /// the last step), or `None` for the posterior mean.
+    pub(crate) fn sampling_sd(&self, t: usize) -> Option<f32> {
+        (self.cfg.sample && t > 0).then(|| self.schedule.posterior_variance[t].sqrt() as f32)
+    }
+
+    /// Algorithm 2's frame, shared by the devices: users in chunks of 2048; for each chunk
+    /// the start point (the mean of each user's train items' embeddings, noised to step T
+    /// unless configured otherwise) and the user embeddings (the condition), then
+    /// `reverse(x, ue, n, rng, eps)` runs the T' reverse steps on `x` in place, drawing any
+    /// sampling noise from `rng` into `eps` (`n x d`) so that every device sees the same
+    /// noise. Returns the queries, `users.len() x d`.
+    pub(crate) fn infer_chunks<E>(
+        &self,
+        ds: &Dataset,
+        users: &[u32],
+        seed: u64,
+        mut reverse: impl FnMut(&mut [f32], &[f32], usize, &mut Rng, &mut [f32]) -> Result<(), E>,
+    ) -> Result<Vec<f32>, E> {
+        let d = self.d;
         let nu = self.n_users;
         let train = ds.train();
         let mut out = vec![0f32; users.len() * d];
         const CH: usize = 2048;
-        let mut cache = DenoiserCache::default();
         for (c, chunk) in users.chunks(CH).enumerate() {
             let n = chunk.len();
             let mut mean = vec![0f32; n * d];
@@ -811,23 +855,41 @@ impl Ddrm {
                 }
                 _ => x.copy_from_slice(&mean),
             }
-            for step in (0..self.cfg.inference_steps).rev() {
-                let t = step.min(t_last);
-                let stepf = vec![t as f32; n];
-                let x0 = self.item_dn.forward(&x, &stepf, &ue, n, None, &mut cache);
-                let (c1, c2) = self.schedule.posterior_coefs(t);
-                for k in 0..n * d {
-                    x[k] = c1 * x0[k] + c2 * x[k];
-                }
-                if self.cfg.sample && t > 0 {
-                    let sd = self.schedule.posterior_variance[t].sqrt() as f32;
-                    Rng::fill_normal_par(&mut eps, 1.0, rng.next_u64());
-                    axpy(sd, &eps, &mut x);
-                }
-            }
+            reverse(&mut x, &ue, n, &mut rng, &mut eps)?;
             dst.copy_from_slice(&x);
         }
-        out
+        Ok(out)
+    }
+
+    /// [`Self::infer`] on `device`. On a GPU the reverse steps (the item denoiser's MLP and
+    /// the posterior step) run there; the start points and any noise are drawn on the host
+    /// as on the CPU, so both devices denoise the same inputs.
+    pub fn infer_on(
+        &self,
+        device: &Device,
+        ds: &Dataset,
+        users: &[u32],
+        seed: u64,
+    ) -> Result<Vec<f32>> {
+        match device {
+            Device::Cpu => Ok(self.infer(ds, users, seed)),
+            #[cfg(feature = "cuda")]
+            Device::Cuda(gpu) => self.infer_cuda(gpu, ds, users, seed),
+        }
+    }
+
+    /// [`Self::evaluate`] on `device`: inference and rounding there.
+    pub fn evaluate_on(
+        &self,
+        device: &Device,
+        ds: &Dataset,
+        split: Split,
+        seed: u64,
+    ) -> Result<Metrics> {
+        let users = eval_users(ds, split);
+        let q = self.infer_on(device, ds, &users, seed)?;
+        let items = self.item_embeddings();
+        evaluate_queries_on(device, ds, split, &users, &q, &items, self.d, &self.cfg.ks)
     }
 
     /// Evaluate on a split: inference for every user with held-out items, then rounding by the

@@ -1,6 +1,8 @@
 //! DDRM, the diffusion plug-in: noise schedule, denoisers, training and inference.
 pub mod attention;
 pub mod ddrm;
+#[cfg(feature = "cuda")]
+mod ddrm_cuda;
 pub mod denoiser;
 pub mod schedule;
 

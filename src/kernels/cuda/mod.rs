@@ -5,7 +5,9 @@
 //!
 //! Status: the kernels compile (checked by `tests/kernels_cuda.rs` through NVRTC, which needs
 //! no GPU) and are compared with the CPU kernels by the same tests on a machine with a GPU.
-//! The models do not run on them yet (`--device cuda` says so); see the README.
+//! Ranking (`ddrm eval|recommend --device cuda`) and DDRM inference run on them through
+//! [`crate::device::Device`]; training does not yet. None of it has run on a GPU so far;
+//! see the README, "CUDA".
 
 pub mod compile;
 pub mod device;
