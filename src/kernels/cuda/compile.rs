@@ -13,6 +13,32 @@ pub fn nvrtc_available() -> bool {
     unsafe { cudarc::nvrtc::sys::is_culib_present() }
 }
 
+/// The loaded NVRTC's version, `(major, minor)`, or `None` when there is none.
+pub fn nvrtc_version() -> Option<(i32, i32)> {
+    if !nvrtc_available() {
+        return None;
+    }
+    let (mut major, mut minor) = (0, 0);
+    // SAFETY: NVRTC is loaded (checked above); the call writes two ints.
+    let r = unsafe { cudarc::nvrtc::sys::nvrtcVersion(&mut major, &mut minor) };
+    (r == cudarc::nvrtc::sys::nvrtcResult::NVRTC_SUCCESS).then_some((major, minor))
+}
+
+/// Why NVRTC `nvrtc` (major, minor) cannot serve a driver of CUDA version `driver` (as
+/// `cuDriverGetVersion` gives it, e.g. 13000 for 13.0): a newer NVRTC writes PTX of an ISA
+/// that the driver refuses to load. `None` when it can.
+pub fn nvrtc_driver_mismatch(nvrtc: (i32, i32), driver: i32) -> Option<String> {
+    let (major, minor) = nvrtc;
+    let (dmaj, dmin) = (driver / 1000, (driver % 1000) / 10);
+    ((major, minor) > (dmaj, dmin)).then(|| {
+        format!(
+            "NVRTC {major}.{minor} writes PTX that this CUDA {dmaj}.{dmin} driver cannot load: \
+             put an NVRTC no newer than {dmaj}.{dmin} first on LD_LIBRARY_PATH (or build with \
+             nvcc on the PATH, which embeds the PTX)"
+        )
+    })
+}
+
 /// Compile one module's source with NVRTC.
 pub fn compile_with_nvrtc(name: &str) -> Result<Ptx> {
     let (_, src, _) = SOURCES
@@ -61,6 +87,13 @@ pub fn expand(name: &str, src: &str) -> Result<String> {
     Ok(out)
 }
 
+/// Whether every module has PTX from the build (nvcc), so that NVRTC is not needed.
+pub fn all_prebuilt() -> bool {
+    SOURCES
+        .iter()
+        .all(|(name, _, _)| PREBUILT_PTX.iter().any(|p| p.0 == *name))
+}
+
 /// The PTX of one module: nvcc's from the build, else NVRTC's.
 pub fn module_ptx(name: &str) -> Result<Ptx> {
     match PREBUILT_PTX.iter().find(|p| p.0 == name) {
@@ -76,4 +109,21 @@ pub fn compile_all() -> Result<Vec<(&'static str, String)>> {
         .iter()
         .map(|(name, _, _)| Ok((*name, compile_with_nvrtc(name)?.to_src())))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_newer_nvrtc_than_the_driver_is_named() {
+        assert_eq!(nvrtc_driver_mismatch((13, 0), 13000), None);
+        assert_eq!(nvrtc_driver_mismatch((12, 9), 13000), None);
+        let e = nvrtc_driver_mismatch((13, 2), 13000).expect("13.2 > 13.0");
+        assert!(
+            e.contains("NVRTC 13.2") && e.contains("CUDA 13.0 driver"),
+            "{e}"
+        );
+        assert!(nvrtc_driver_mismatch((12, 9), 12080).is_some());
+    }
 }

@@ -50,6 +50,18 @@ impl Gpu {
         let name = ctx
             .name()
             .unwrap_or_else(|_| format!("CUDA device {ordinal}"));
+        if !super::compile::all_prebuilt() {
+            if let Some(nvrtc) = super::compile::nvrtc_version() {
+                let mut driver = 0;
+                // SAFETY: the driver is loaded (a context was just created); writes one int.
+                let r = unsafe { cudarc::driver::sys::cuDriverGetVersion(&mut driver) };
+                if r == cudarc::driver::sys::CUresult::CUDA_SUCCESS {
+                    if let Some(why) = super::compile::nvrtc_driver_mismatch(nvrtc, driver) {
+                        bail!("--device cuda: {why}");
+                    }
+                }
+            }
+        }
         let mut funcs = HashMap::new();
         for (module, _, entries) in SOURCES {
             let ptx = module_ptx(module)?;
