@@ -440,3 +440,150 @@ fn posterior_sampling_and_cosine_rounding_change_what_they_should() {
         );
     }
 }
+
+/// The gradients of two implementations agree tensor by tensor, relative to each tensor's
+/// largest entry (the device trainer splits the first layer's product in three, so the
+/// sums run in another order).
+fn assert_tensors_close(
+    cpu: &[Vec<f32>],
+    dev: &[Vec<f32>],
+    what: &str,
+) -> Result<(), TestCaseError> {
+    prop_assert_eq!(cpu.len(), dev.len(), "{}: tensor count", what);
+    for (k, (a, b)) in cpu.iter().zip(dev).enumerate() {
+        prop_assert_eq!(a.len(), b.len(), "{}: tensor {} length", what, k);
+        let scale = a.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-12);
+        for (x, y) in a.iter().zip(b) {
+            prop_assert!(
+                (x - y).abs() <= 2e-4 * scale,
+                "{}: tensor {}: cpu {} vs device {} (scale {})",
+                what,
+                k,
+                x,
+                y,
+                scale
+            );
+        }
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 16, .. ProptestConfig::default() })]
+
+    /// The device trainer, run on the CPU's buffer operations, gives the loss and the
+    /// denoiser gradients of the CPU trainer's batch (same steps, noise and dropout masks),
+    /// for every activation, item-only or not, with and without reweighting.
+    #[test]
+    fn device_trainer_gives_the_cpu_trainers_gradients(n in 1usize..40, seed in 0u64..10_000, lambda in 0f32..1.0, gamma in prop::sample::select(vec![0f32, 0.5, 1.0]), item_only: bool, act in prop::sample::select(vec![Act::Tanh, Act::Sigmoid, Act::Relu]), layers in 1usize..4) {
+        use ddrm::device::ops::CpuOps;
+        use ddrm::diffusion::ddrm_device::{grad_tensors, DeviceDdrm};
+        let (nu, ni, d, t) = (7usize, 9usize, 6usize, 8usize);
+        let hidden: Vec<usize> = [24usize, 5, 24][..layers - 1].to_vec();
+        let args = DdrmArgs {
+            steps: Some(t), noise_scale: Some(0.5), noise_min: Some(0.1), noise_max: Some(1.0),
+            lambda: Some(lambda), gamma: Some(gamma), hidden: Some(hidden), act: Some(act),
+            step_dim: Some(4), item_only, ..Default::default()
+        };
+        let cfg = ddrm_config(&args, None, None, Some(1), 1, 1, seed, &[20]).unwrap();
+        let mut r = Rng::new(seed);
+        let mut emb = vec![0f32; (nu + ni) * d]; r.fill_normal(&mut emb, 1.0);
+        let m = Ddrm::new(cfg, emb, nu, d).unwrap();
+        let users: Vec<u32> = (0..n).map(|_| r.index(nu) as u32).collect();
+        let pos: Vec<u32> = (0..n).map(|_| r.index(ni) as u32).collect();
+        let neg: Vec<u32> = (0..n).map(|_| r.index(ni) as u32).collect();
+        let steps: Vec<usize> = (0..n).map(|_| r.index(t)).collect();
+        let (mut eps_u, mut eps_i) = (vec![0f32; n * d], vec![0f32; n * d]);
+        r.fill_normal(&mut eps_u, 1.0); r.fill_normal(&mut eps_i, 1.0);
+        // the CPU trainer draws the user's mask, then the item's, from the batch's stream
+        let drop = Rng::new(seed ^ 0xD0);
+        let (parts, gu, gi) = m.batch_grads(&users, &pos, &neg, &steps, &eps_u, &eps_i, Some(&mut drop.clone()));
+        let mut dr = drop.clone();
+        let mask_u = if item_only { Vec::new() } else { m.user_dn.dropout_mask(n, &mut dr) };
+        let mask_i = m.item_dn.dropout_mask(n, &mut dr);
+        prop_assert!(!mask_i.is_empty(), "the preset has dropout");
+        let mut dev = DeviceDdrm::new(&CpuOps, &m, 64).unwrap();
+        let steps32: Vec<u32> = steps.iter().map(|&s| s as u32).collect();
+        let dp = dev.step(&users, &pos, &neg, &steps32, [&eps_u, &eps_i], [&mask_u, &mask_i], false).unwrap();
+        for (a, b, what) in [(parts.total, dp.total, "loss"), (parts.bpr, dp.bpr, "bpr"), (parts.recon, dp.recon, "recon")] {
+            prop_assert!((a - b).abs() <= 1e-5 * (1.0 + a.abs()), "{}: cpu {} vs device {}", what, a, b);
+        }
+        let [du, di] = dev.grads().unwrap();
+        assert_tensors_close(&grad_tensors(&gi), &di, "item denoiser")?;
+        if !item_only {
+            assert_tensors_close(&grad_tensors(&gu), &du, "user denoiser")?;
+        }
+    }
+}
+
+/// One epoch of the device trainer on the CPU's operations tracks the CPU trainer's epoch:
+/// same batches, steps, noise and masks, so the same loss and, after a few hundred Adam
+/// steps apart only in summation order, nearly the same denoisers and metrics.
+#[test]
+fn device_trainer_epoch_tracks_the_cpu_epoch() {
+    use ddrm::data::synth::{generate, SynthConfig};
+    use ddrm::data::Split;
+    use ddrm::device::ops::CpuOps;
+    use ddrm::diffusion::ddrm::DdrmTrainer;
+    use ddrm::diffusion::ddrm_device::DeviceDdrm;
+    let parts = generate(&SynthConfig {
+        users: 120,
+        items: 90,
+        interactions: 3000,
+        item_exponent: 0.9,
+        user_exponent: 0.6,
+        seed: 8,
+    })
+    .unwrap();
+    let ds = ddrm::data::Dataset::from_parts(&parts).unwrap();
+    let d = 8;
+    let mut emb = vec![0f32; (ds.n_users() + ds.n_items()) * d];
+    Rng::new(2).fill_normal(&mut emb, 0.5);
+    let args = DdrmArgs {
+        hidden: Some(vec![32, 8, 32]),
+        steps: Some(5),
+        ..Default::default()
+    };
+    let cfg = ddrm_config(&args, None, Some(256), Some(2), 1, 1, 4, &[10, 20]).unwrap();
+    let mut cpu = Ddrm::new(cfg, emb, ds.n_users(), d).unwrap();
+    let mut on_dev = Ddrm::new(cpu.cfg.clone(), cpu.emb.clone(), ds.n_users(), d).unwrap();
+    let mut init = Ddrm::new(cpu.cfg.clone(), cpu.emb.clone(), ds.n_users(), d).unwrap();
+    let mut trainer = DdrmTrainer::new(&cpu);
+    let mut dev = DeviceDdrm::new(&CpuOps, &on_dev, cpu.cfg.batch).unwrap();
+    for epoch in 1..=2 {
+        let a = trainer.epoch(&mut cpu, &ds, epoch);
+        let b = dev.epoch(&on_dev, &ds, epoch).unwrap();
+        assert_eq!(a.samples, b.samples);
+        assert!(
+            (a.loss - b.loss).abs() <= 1e-3 * a.loss.abs(),
+            "epoch {epoch}: loss {} vs {}",
+            a.loss,
+            b.loss
+        );
+    }
+    dev.download_into(&mut on_dev).unwrap();
+    let (mut worst, mut moved) = (0f32, 0f32);
+    for ((p, q), p0) in cpu
+        .item_dn
+        .params_mut()
+        .into_iter()
+        .zip(on_dev.item_dn.params_mut())
+        .zip(init.item_dn.params_mut())
+    {
+        for ((x, y), x0) in p.iter().zip(q.iter()).zip(p0.iter()) {
+            worst = worst.max((x - y).abs());
+            moved = moved.max((x - x0).abs());
+        }
+    }
+    assert!(
+        worst < 1e-3 && moved > 50.0 * worst,
+        "item denoiser: the two trainers' parameters are {worst} apart, and moved {moved} from the start"
+    );
+    let (ma, mb) = (
+        cpu.evaluate(&ds, Split::Test, 1),
+        on_dev.evaluate(&ds, Split::Test, 1),
+    );
+    for (x, y) in ma.at.iter().zip(&mb.at) {
+        assert!((x.recall - y.recall).abs() < 0.01, "{x:?} vs {y:?}");
+    }
+}

@@ -179,3 +179,102 @@ fn ranking_on_the_gpu_matches_the_cpu() {
         assert_eq!(cpu, on_gpu, "{split:?}: metrics");
     }
 }
+
+/// DDRM training on the GPU: one batch's loss and denoiser gradients against the CPU
+/// trainer's (same steps, noise and dropout masks), then two epochs against the CPU's.
+#[test]
+fn ddrm_training_on_the_gpu_matches_the_cpu() {
+    use ddrm::diffusion::ddrm::DdrmTrainer;
+    use ddrm::diffusion::ddrm_device::{grad_tensors, DeviceDdrm};
+    let Some(Device::Cuda(gpu)) = gpu("ddrm_training_on_the_gpu_matches_the_cpu") else {
+        return;
+    };
+    let gpu: &cuda::Gpu = gpu;
+    let ds = dataset();
+    let d = 16;
+    let emb = embeddings(&ds, d, 6);
+    for (item_only, gamma) in [(false, 1.0), (true, 0.0)] {
+        let args = DdrmArgs {
+            hidden: Some(vec![64, 24, 64]),
+            steps: Some(5),
+            gamma: Some(gamma),
+            item_only,
+            ..Default::default()
+        };
+        let cfg = ddrm_config(&args, None, Some(1024), Some(2), 1, 1, 3, &[10, 20]).unwrap();
+        let mut cpu = Ddrm::new(cfg, emb.clone(), ds.n_users(), d).unwrap();
+        // one batch
+        let n = 300;
+        let mut r = Rng::new(5);
+        let users: Vec<u32> = (0..n).map(|_| r.index(ds.n_users()) as u32).collect();
+        let pos: Vec<u32> = (0..n).map(|_| r.index(ds.n_items()) as u32).collect();
+        let neg: Vec<u32> = (0..n).map(|_| r.index(ds.n_items()) as u32).collect();
+        let steps: Vec<usize> = (0..n).map(|_| r.index(5)).collect();
+        let (mut eu, mut ei) = (vec![0f32; n * d], vec![0f32; n * d]);
+        r.fill_normal(&mut eu, 1.0);
+        r.fill_normal(&mut ei, 1.0);
+        let drop = Rng::new(9);
+        let (parts, gu, gi) = cpu.batch_grads(
+            &users,
+            &pos,
+            &neg,
+            &steps,
+            &eu,
+            &ei,
+            Some(&mut drop.clone()),
+        );
+        let mut dr = drop.clone();
+        let mu = if item_only {
+            Vec::new()
+        } else {
+            cpu.user_dn.dropout_mask(n, &mut dr)
+        };
+        let mi = cpu.item_dn.dropout_mask(n, &mut dr);
+        let mut dev = DeviceDdrm::new(gpu, &cpu, 1024).unwrap();
+        let s32: Vec<u32> = steps.iter().map(|&s| s as u32).collect();
+        let dp = dev
+            .step(&users, &pos, &neg, &s32, [&eu, &ei], [&mu, &mi], false)
+            .unwrap();
+        assert!(
+            (parts.total - dp.total).abs() <= 1e-4 * (1.0 + parts.total.abs()),
+            "loss: cpu {} gpu {}",
+            parts.total,
+            dp.total
+        );
+        let [du, di] = dev.grads().unwrap();
+        let mut pairs = vec![(grad_tensors(&gi), di, "item")];
+        if !item_only {
+            pairs.push((grad_tensors(&gu), du, "user"));
+        }
+        for (c, g, what) in pairs {
+            for (k, (a, b)) in c.iter().zip(&g).enumerate() {
+                assert_close(a, b, &format!("{what} denoiser tensor {k}"));
+            }
+        }
+        // two epochs
+        let mut on_gpu = Ddrm::new(cpu.cfg.clone(), emb.clone(), ds.n_users(), d).unwrap();
+        let mut trainer = DdrmTrainer::new(&cpu);
+        let mut dev = DeviceDdrm::new(gpu, &on_gpu, cpu.cfg.batch).unwrap();
+        for epoch in 1..=2 {
+            let a = trainer.epoch(&mut cpu, &ds, epoch);
+            let b = dev.epoch(&on_gpu, &ds, epoch).unwrap();
+            assert!(
+                (a.loss - b.loss).abs() <= 1e-3 * a.loss.abs(),
+                "epoch {epoch}: cpu loss {} gpu {}",
+                a.loss,
+                b.loss
+            );
+        }
+        dev.download_into(&mut on_gpu).unwrap();
+        let (mc, mg) = (
+            cpu.evaluate(&ds, Split::Test, 1),
+            on_gpu.evaluate(&ds, Split::Test, 1),
+        );
+        for (a, b) in mc.at.iter().zip(&mg.at) {
+            assert!(
+                (a.recall - b.recall).abs() < 5e-3,
+                "after two epochs: cpu {a:?}, gpu {b:?}"
+            );
+        }
+    }
+}

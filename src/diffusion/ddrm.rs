@@ -730,6 +730,35 @@ impl Ddrm {
         }
     }
 
+    /// The loss of one batch with explicit steps, noise and (with `dropout_rng`) dropout,
+    /// and the two denoisers' gradients (user, item), without changing anything: the CPU
+    /// reference the device trainer ([`super::ddrm_device`]) is compared with.
+    #[allow(clippy::too_many_arguments)]
+    pub fn batch_grads(
+        &self,
+        users: &[u32],
+        pos: &[u32],
+        neg: &[u32],
+        steps: &[usize],
+        eps_u: &[f32],
+        eps_i: &[f32],
+        dropout_rng: Option<&mut Rng>,
+    ) -> (LossParts, DenoiserGrad, DenoiserGrad) {
+        let mut wk = Work::new(self);
+        let parts = self.forward_backward(
+            users,
+            pos,
+            neg,
+            steps,
+            eps_u,
+            eps_i,
+            dropout_rng,
+            &mut wk,
+            None,
+        );
+        (parts, wk.ugrad, wk.igrad)
+    }
+
     /// The loss of one batch with explicit steps and noise (no dropout), and its gradient
     /// w.r.t. the embeddings [`Self::emb`] as a dense `(U + I) x d` matrix. No parameter
     /// changes; used to check the `--joint` chain rule against finite differences.

@@ -3,6 +3,7 @@ pub mod attention;
 pub mod ddrm;
 #[cfg(feature = "cuda")]
 mod ddrm_cuda;
+pub mod ddrm_device;
 pub mod denoiser;
 pub mod schedule;
 

@@ -506,34 +506,94 @@ impl Gpu {
     }
 }
 
-/// Adam's per-step coefficients (see `optim.cu`).
-#[derive(Clone, Copy, Debug)]
-pub struct AdamCoefs {
-    /// β1.
-    pub b1: f32,
-    /// β2.
-    pub b2: f32,
-    /// lr / (1 − β1^t).
-    pub step: f32,
-    /// 1 / (1 − β2^t).
-    pub inv_bc2: f32,
-    /// ε.
-    pub eps: f32,
-    /// L2 weight decay.
-    pub wd: f32,
-}
+pub use crate::device::ops::AdamCoefs;
 
-impl AdamCoefs {
-    /// Coefficients of step `t` (1-based).
-    pub fn at(lr: f32, b1: f32, b2: f32, eps: f32, wd: f32, t: i32) -> Self {
-        AdamCoefs {
-            b1,
-            b2,
-            step: lr / (1.0 - b1.powi(t)),
-            inv_bc2: 1.0 / (1.0 - b2.powi(t)),
-            eps,
-            wd,
+impl Gpu {
+    /// Forward noising with dropout: `out = (√ᾱ_t x0 + √(1−ᾱ_t) ε) ⊙ mask` (`mask` absent: 1).
+    #[allow(clippy::too_many_arguments)]
+    pub fn q_sample_masked(
+        &self,
+        steps: &CudaSlice<u32>,
+        sqrt_abar: &CudaSlice<f32>,
+        sqrt_1m_abar: &CudaSlice<f32>,
+        x0: &CudaSlice<f32>,
+        eps: &CudaSlice<f32>,
+        mask: Option<&CudaSlice<f32>>,
+        n: usize,
+        d: usize,
+        out: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        ensure!(
+            steps.len() >= n && x0.len() >= n * d && eps.len() >= n * d && out.len() >= n * d,
+            "q_sample_masked: buffer sizes"
+        );
+        ensure!(
+            mask.is_none_or(|m| m.len() >= n * d),
+            "q_sample_masked: mask shorter than n x d"
+        );
+        if n * d == 0 {
+            return Ok(());
         }
+        let (ni, di) = (int(n, "n")?, int(d, "d")?);
+        let has = mask.is_some() as i32;
+        let m = mask.unwrap_or(&self.dummy_f32);
+        let mut l = self.stream().launch_builder(self.func("q_sample_masked"));
+        l.arg(&ni)
+            .arg(&di)
+            .arg(steps)
+            .arg(sqrt_abar)
+            .arg(sqrt_1m_abar);
+        l.arg(x0).arg(eps).arg(&has).arg(m).arg(out);
+        // SAFETY: matches q_sample_masked's signature; steps are < T (the callers draw them).
+        unsafe { l.launch(blocks(n * d, 256)) }.map_err(drv)?;
+        Ok(())
+    }
+
+    /// DDRM's loss of `n` rows (see `kernels/diffusion.cu`, `ddrm_loss`): per-row parts
+    /// (`3 x n`) and dL/dhu, dL/dhi.
+    #[allow(clippy::too_many_arguments)]
+    pub fn ddrm_loss(
+        &self,
+        hu: &CudaSlice<f32>,
+        hi: &CudaSlice<f32>,
+        eu: &CudaSlice<f32>,
+        ei: &CudaSlice<f32>,
+        ej: &CudaSlice<f32>,
+        n: usize,
+        d: usize,
+        lambda: f32,
+        gamma: f32,
+        parts: &mut CudaSlice<f32>,
+        dhu: &mut CudaSlice<f32>,
+        dhi: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        let nd = n * d;
+        ensure!(
+            [
+                hu.len(),
+                hi.len(),
+                eu.len(),
+                ei.len(),
+                ej.len(),
+                dhu.len(),
+                dhi.len()
+            ]
+            .iter()
+            .all(|&l| l >= nd)
+                && parts.len() >= 3 * n,
+            "ddrm_loss: buffer sizes"
+        );
+        if n == 0 {
+            return Ok(());
+        }
+        let (ni, di) = (int(n, "n")?, int(d, "d")?);
+        let mut l = self.stream().launch_builder(self.func("ddrm_loss"));
+        l.arg(&ni).arg(&di).arg(&lambda).arg(&gamma);
+        l.arg(hu).arg(hi).arg(eu).arg(ei).arg(ej);
+        l.arg(parts).arg(dhu).arg(dhi);
+        // SAFETY: matches ddrm_loss's signature; sizes checked above.
+        unsafe { l.launch(blocks(n * 32, 256)) }.map_err(drv)?;
+        Ok(())
     }
 }
 

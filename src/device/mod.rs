@@ -1,8 +1,14 @@
 //! Where a command's kernels run: the CPU (always) or a CUDA GPU (feature `cuda`).
 //!
 //! The operations with both implementations take a [`Device`] and dispatch once, at the top:
-//! full-ranking evaluation (score + mask + top-K) and DDRM inference so far. Training runs
-//! on the CPU (see the README, "CUDA").
+//! full-ranking evaluation (score + mask + top-K) and DDRM inference. Below them, [`ops::Ops`]
+//! is the buffer-level interface (GEMM with fused epilogue, gather, noising, the DDRM loss,
+//! Adam) with a CPU and a CUDA implementation, over which DDRM's device training step is
+//! written once ([`crate::diffusion::ddrm_device`]).
+
+#[cfg(feature = "cuda")]
+mod cuda_ops;
+pub mod ops;
 
 use anyhow::{bail, Result};
 

@@ -1,0 +1,368 @@
+//! The buffer-level operations a device training step needs, with the CPU implementation
+//! ([`CpuOps`]: `Vec` buffers and the CPU kernels). The CUDA one is `Gpu` (feature `cuda`).
+//! Buffers may be longer than an operation uses (they are allocated once for the largest
+//! batch); every operation reads and writes the front of each.
+
+use crate::kernels::cpu::elementwise::{sigmoid, softplus};
+use crate::kernels::cpu::{gemm_ex, Act, Epilogue, Isa};
+use anyhow::{ensure, Result};
+
+/// The epilogue of [`Ops::gemm`]: per-column bias, activation, or the activation gradient
+/// through an output `y` (as the CPU [`Epilogue`]).
+pub struct Ep<'a, F> {
+    /// Per-column bias.
+    pub bias: Option<&'a F>,
+    /// Activation after the bias.
+    pub act: Act,
+    /// Multiply by act'(y) for the output `y` (m x n) of activation `Act`.
+    pub grad_of: Option<(&'a F, Act)>,
+}
+
+impl<F> Ep<'_, F> {
+    /// No epilogue.
+    pub fn none() -> Self {
+        Ep {
+            bias: None,
+            act: Act::None,
+            grad_of: None,
+        }
+    }
+}
+
+/// Adam's per-step coefficients, shared by the devices (see `kernels/optim.cu` and
+/// `nn::Adam`): `g' = g + wd p; m = b1 m + (1 − b1) g'; v = b2 v + (1 − b2) g'²;
+/// p −= step m / (√(v inv_bc2) + eps)`.
+#[derive(Clone, Copy, Debug)]
+pub struct AdamCoefs {
+    /// β1.
+    pub b1: f32,
+    /// β2.
+    pub b2: f32,
+    /// lr / (1 − β1^t).
+    pub step: f32,
+    /// 1 / (1 − β2^t).
+    pub inv_bc2: f32,
+    /// ε.
+    pub eps: f32,
+    /// L2 weight decay.
+    pub wd: f32,
+}
+
+impl AdamCoefs {
+    /// Coefficients of step `t` (1-based).
+    pub fn at(lr: f32, b1: f32, b2: f32, eps: f32, wd: f32, t: i32) -> Self {
+        AdamCoefs {
+            b1,
+            b2,
+            step: lr / (1.0 - b1.powi(t)),
+            inv_bc2: 1.0 / (1.0 - b2.powi(t)),
+            eps,
+            wd,
+        }
+    }
+}
+
+/// Buffer-level operations of one device.
+pub trait Ops {
+    /// An f32 buffer on the device.
+    type F;
+    /// A u32 buffer on the device.
+    type U;
+
+    /// A new buffer holding `h`.
+    fn upload(&self, h: &[f32]) -> Result<Self::F>;
+    /// A new u32 buffer holding `h`.
+    fn upload_u32(&self, h: &[u32]) -> Result<Self::U>;
+    /// A zeroed buffer of `n` elements.
+    fn zeros(&self, n: usize) -> Result<Self::F>;
+    /// Copy `src` into the front of `dst`.
+    fn write(&self, src: &[f32], dst: &mut Self::F) -> Result<()>;
+    /// Copy `src` into the front of `dst`.
+    fn write_u32(&self, src: &[u32], dst: &mut Self::U) -> Result<()>;
+    /// The first `n` elements of `src`, on the host (waits for the device).
+    fn read(&self, src: &Self::F, n: usize) -> Result<Vec<f32>>;
+    /// `c (m x n) = op(A) op(B) + beta c`, then the epilogue.
+    #[allow(clippy::too_many_arguments)]
+    fn gemm(
+        &self,
+        ta: bool,
+        tb: bool,
+        m: usize,
+        n: usize,
+        k: usize,
+        a: &Self::F,
+        b: &Self::F,
+        beta: f32,
+        c: &mut Self::F,
+        ep: Ep<'_, Self::F>,
+    ) -> Result<()>;
+    /// `dst[r,:] = src[idx[r],:]` for `n` rows of width `d`.
+    fn gather_rows(
+        &self,
+        src: &Self::F,
+        d: usize,
+        idx: &Self::U,
+        n: usize,
+        dst: &mut Self::F,
+    ) -> Result<()>;
+    /// Forward noising of `n` rows: `out = (√ᾱ_t x0 + √(1−ᾱ_t) ε) ⊙ mask` (no mask: 1).
+    #[allow(clippy::too_many_arguments)]
+    fn q_sample(
+        &self,
+        steps: &Self::U,
+        sqrt_abar: &Self::F,
+        sqrt_1m_abar: &Self::F,
+        x0: &Self::F,
+        eps: &Self::F,
+        mask: Option<&Self::F>,
+        n: usize,
+        d: usize,
+        out: &mut Self::F,
+    ) -> Result<()>;
+    /// DDRM's loss of `n` rows (see [`crate::diffusion::ddrm::ddrm_loss`]): writes the per-row
+    /// weighted loss, BPR and reconstruction parts into `parts` (`3 x n`: the batch means are
+    /// their sums / n) and dL/dhu, dL/dhi.
+    #[allow(clippy::too_many_arguments)]
+    fn ddrm_loss(
+        &self,
+        hu: &Self::F,
+        hi: &Self::F,
+        eu: &Self::F,
+        ei: &Self::F,
+        ej: &Self::F,
+        n: usize,
+        d: usize,
+        lambda: f32,
+        gamma: f32,
+        parts: &mut Self::F,
+        dhu: &mut Self::F,
+        dhi: &mut Self::F,
+    ) -> Result<()>;
+    /// One Adam step over the first `len` parameters.
+    fn adam(
+        &self,
+        p: &mut Self::F,
+        g: &Self::F,
+        m: &mut Self::F,
+        v: &mut Self::F,
+        len: usize,
+        c: AdamCoefs,
+    ) -> Result<()>;
+}
+
+/// The CPU: `Vec` buffers, the SIMD kernels.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CpuOps;
+
+fn fits(what: &str, have: usize, need: usize) -> Result<()> {
+    ensure!(have >= need, "{what}: {have} elements, needs {need}");
+    Ok(())
+}
+
+impl Ops for CpuOps {
+    type F = Vec<f32>;
+    type U = Vec<u32>;
+
+    fn upload(&self, h: &[f32]) -> Result<Vec<f32>> {
+        Ok(h.to_vec())
+    }
+    fn upload_u32(&self, h: &[u32]) -> Result<Vec<u32>> {
+        Ok(h.to_vec())
+    }
+    fn zeros(&self, n: usize) -> Result<Vec<f32>> {
+        Ok(vec![0.0; n])
+    }
+    fn write(&self, src: &[f32], dst: &mut Vec<f32>) -> Result<()> {
+        fits("write", dst.len(), src.len())?;
+        dst[..src.len()].copy_from_slice(src);
+        Ok(())
+    }
+    fn write_u32(&self, src: &[u32], dst: &mut Vec<u32>) -> Result<()> {
+        ensure!(dst.len() >= src.len(), "write: destination too short");
+        dst[..src.len()].copy_from_slice(src);
+        Ok(())
+    }
+    fn read(&self, src: &Vec<f32>, n: usize) -> Result<Vec<f32>> {
+        fits("read", src.len(), n)?;
+        Ok(src[..n].to_vec())
+    }
+    fn gemm(
+        &self,
+        ta: bool,
+        tb: bool,
+        m: usize,
+        n: usize,
+        k: usize,
+        a: &Vec<f32>,
+        b: &Vec<f32>,
+        beta: f32,
+        c: &mut Vec<f32>,
+        ep: Ep<'_, Vec<f32>>,
+    ) -> Result<()> {
+        if let Some(why) = crate::kernels::cpu::gemm::shape_error(
+            (m, n, k),
+            (a.len(), b.len(), c.len()),
+            ep.bias.map(|v| v.len()),
+            ep.grad_of.map(|(y, _)| y.len()),
+        ) {
+            anyhow::bail!(why);
+        }
+        gemm_ex(
+            Isa::detect(),
+            ta,
+            tb,
+            m,
+            n,
+            k,
+            1.0,
+            &a[..m * k],
+            &b[..k * n],
+            beta,
+            &mut c[..m * n],
+            Epilogue {
+                bias: ep.bias.map(|v| &v[..n]),
+                act: ep.act,
+                grad_of: ep.grad_of.map(|(y, a)| (&y[..m * n], a)),
+            },
+        );
+        Ok(())
+    }
+    fn gather_rows(
+        &self,
+        src: &Vec<f32>,
+        d: usize,
+        idx: &Vec<u32>,
+        n: usize,
+        dst: &mut Vec<f32>,
+    ) -> Result<()> {
+        fits("gather_rows: idx", idx.len(), n)?;
+        fits("gather_rows: dst", dst.len(), n * d)?;
+        let rows = src.len() / d.max(1);
+        if let Some(&bad) = idx[..n].iter().find(|&&i| i as usize >= rows) {
+            anyhow::bail!("gather_rows: row {bad} out of range ({rows} rows)");
+        }
+        crate::kernels::cpu::elementwise::gather_rows(src, d, &idx[..n], &mut dst[..n * d]);
+        Ok(())
+    }
+    fn q_sample(
+        &self,
+        steps: &Vec<u32>,
+        sqrt_abar: &Vec<f32>,
+        sqrt_1m_abar: &Vec<f32>,
+        x0: &Vec<f32>,
+        eps: &Vec<f32>,
+        mask: Option<&Vec<f32>>,
+        n: usize,
+        d: usize,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
+        fits("q_sample: steps", steps.len(), n)?;
+        for (what, len) in [("x0", x0.len()), ("eps", eps.len()), ("out", out.len())] {
+            fits(&format!("q_sample: {what}"), len, n * d)?;
+        }
+        if let Some(m) = mask {
+            fits("q_sample: mask", m.len(), n * d)?;
+        }
+        for r in 0..n {
+            let t = steps[r] as usize;
+            ensure!(t < sqrt_abar.len(), "q_sample: step {t} out of range");
+            let (a, b) = (sqrt_abar[t], sqrt_1m_abar[t]);
+            for e in r * d..(r + 1) * d {
+                let v = a * x0[e] + b * eps[e];
+                out[e] = mask.map_or(v, |m| v * m[e]);
+            }
+        }
+        Ok(())
+    }
+    fn ddrm_loss(
+        &self,
+        hu: &Vec<f32>,
+        hi: &Vec<f32>,
+        eu: &Vec<f32>,
+        ei: &Vec<f32>,
+        ej: &Vec<f32>,
+        n: usize,
+        d: usize,
+        lambda: f32,
+        gamma: f32,
+        parts: &mut Vec<f32>,
+        dhu: &mut Vec<f32>,
+        dhi: &mut Vec<f32>,
+    ) -> Result<()> {
+        for (what, len) in [
+            ("hu", hu.len()),
+            ("hi", hi.len()),
+            ("eu", eu.len()),
+            ("ei", ei.len()),
+            ("ej", ej.len()),
+            ("dhu", dhu.len()),
+            ("dhi", dhi.len()),
+        ] {
+            fits(&format!("ddrm_loss: {what}"), len, n * d)?;
+        }
+        fits("ddrm_loss: parts", parts.len(), 3 * n)?;
+        for r in 0..n {
+            let o = r * d..(r + 1) * d;
+            let (u, i, tu, ti, j) = (
+                &hu[o.clone()],
+                &hi[o.clone()],
+                &eu[o.clone()],
+                &ei[o.clone()],
+                &ej[o.clone()],
+            );
+            let (mut sp, mut sn, mut su, mut si) = (0f32, 0f32, 0f32, 0f32);
+            for c in 0..d {
+                sp += u[c] * i[c];
+                sn += u[c] * j[c];
+                su += (u[c] - tu[c]) * (u[c] - tu[c]);
+                si += (i[c] - ti[c]) * (i[c] - ti[c]);
+            }
+            let (w, z) = (row_weight(sp, gamma), sn - sp);
+            let g = w * lambda * sigmoid(z) / n as f32;
+            let cr = w * (1.0 - lambda) / (d * n) as f32;
+            for c in 0..d {
+                dhu[r * d + c] = cr * (u[c] - tu[c]) - g * i[c] + g * j[c];
+                dhi[r * d + c] = cr * (i[c] - ti[c]) - g * u[c];
+            }
+            let rec = (su + si) / (2 * d) as f32;
+            parts[r] = w * (lambda * softplus(z) + (1.0 - lambda) * rec);
+            parts[n + r] = softplus(z);
+            parts[2 * n + r] = rec;
+        }
+        Ok(())
+    }
+    fn adam(
+        &self,
+        p: &mut Vec<f32>,
+        g: &Vec<f32>,
+        m: &mut Vec<f32>,
+        v: &mut Vec<f32>,
+        len: usize,
+        c: AdamCoefs,
+    ) -> Result<()> {
+        for (what, l) in [
+            ("p", p.len()),
+            ("g", g.len()),
+            ("m", m.len()),
+            ("v", v.len()),
+        ] {
+            fits(&format!("adam: {what}"), l, len)?;
+        }
+        for k in 0..len {
+            let gk = g[k] + c.wd * p[k];
+            m[k] = c.b1 * m[k] + (1.0 - c.b1) * gk;
+            v[k] = c.b2 * v[k] + (1.0 - c.b2) * (gk * gk);
+            p[k] -= c.step * m[k] / ((v[k] * c.inv_bc2).sqrt() + c.eps);
+        }
+        Ok(())
+    }
+}
+
+/// The reweighting σ(s)^γ of a row (γ = 0: 1).
+pub fn row_weight(score: f32, gamma: f32) -> f32 {
+    if gamma == 0.0 {
+        1.0
+    } else {
+        sigmoid(score).powf(gamma)
+    }
+}
