@@ -160,6 +160,9 @@ def build(op, fw, d, meta, threads):
                 return outs
             return sync(run)
         raise NotImplementedError(f"{fw} has no top-K baseline")
+    if op == "ddrm_epoch" and fw in ("torch", "torch-cuda"):
+        torch, dev, sync = torch_on(fw, threads)
+        return sync(epoch_baseline(op, np, torch, d, meta, dev))
     if op in ("mf_epoch", "lightgcn_epoch", "sgl_epoch", "ddrm_epoch"):
         if fw != "torch":
             raise NotImplementedError(f"{fw} has no {op} baseline")
@@ -188,9 +191,10 @@ def sample_epoch(np, indptr, indices, n_items, epoch):
     return users, pos, neg
 
 
-def epoch_baseline(op, np, torch, d, meta):
+def epoch_baseline(op, np, torch, d, meta, dev="cpu"):
     """One training epoch written the usual PyTorch way (autograd, torch.optim), with the
-    same data, sizes and hyper-parameters as ddrm's epoch."""
+    same data, sizes and hyper-parameters as ddrm's epoch; DDRM's on device `dev` (the
+    caller waits for the GPU)."""
     import torch.nn.functional as F
     nu, ni = meta["n_users"], meta["n_items"]
     indptr = load(np, d, "train_indptr.bin", np.uint32, (-1,)).astype(np.int64)
@@ -277,7 +281,7 @@ def epoch_baseline(op, np, torch, d, meta):
     # DDRM: two denoisers on frozen embeddings (ddrm's DdrmConfig in meta["ddrm"])
     c = meta["ddrm"]
     dim = meta["d"]
-    emb = torch.from_numpy(load(np, d, "emb.bin", np.float32, (nu + ni, dim)))
+    emb = torch.from_numpy(load(np, d, "emb.bin", np.float32, (nu + ni, dim))).to(dev)
     acts = {"tanh": torch.nn.Tanh, "sigmoid": torch.nn.Sigmoid, "relu": torch.nn.ReLU, "none": torch.nn.Identity}
     act = acts.get(str(c["act"]).lower(), torch.nn.Tanh)
     sd = c["step_dim"]
@@ -304,25 +308,27 @@ def epoch_baseline(op, np, torch, d, meta):
     betas = np.concatenate([[1 - abar_s[0]], np.minimum(1 - abar_s[1:] / abar_s[:-1], 0.999)])
     betas[0] = 1e-5
     abar = np.cumprod(1 - betas)
-    sa, s1a = torch.tensor(np.sqrt(abar), dtype=torch.float32), torch.tensor(np.sqrt(1 - abar), dtype=torch.float32)
+    sa = torch.tensor(np.sqrt(abar), dtype=torch.float32, device=dev)
+    s1a = torch.tensor(np.sqrt(1 - abar), dtype=torch.float32, device=dev)
     half = sd // 2
     freqs = torch.exp(-np.log(10000.0) * torch.arange(half, dtype=torch.float64) / half)
     ang = torch.arange(T, dtype=torch.float64)[:, None] * freqs[None]
     enc_table = torch.cat([torch.cos(ang), torch.sin(ang)], 1).float()
     if sd % 2:
         enc_table = torch.cat([enc_table, torch.zeros(T, 1)], 1)
-    udn, idn = Denoiser(), Denoiser()
+    enc_table = enc_table.to(dev)
+    udn, idn = Denoiser().to(dev), Denoiser().to(dev)
     opts = [torch.optim.Adam(m.parameters(), lr=c["lr"], weight_decay=c["weight_decay"]) for m in (udn, idn)]
     lam, gamma, batch = c["lambda"], c["gamma"], c["batch"]
 
     def run(limit=None):
         state["epoch"] += 1
         u, p, q = sample_epoch(np, indptr, indices, ni, state["epoch"])
-        u, p, q = torch.from_numpy(u), torch.from_numpy(p + nu), torch.from_numpy(q + nu)
+        u, p, q = (torch.from_numpy(x).to(dev) for x in (u, p + nu, q + nu))
         for s in range(0, len(u) if limit is None else min(len(u), limit * batch), batch):
             eu, ei, ej = emb[u[s:s + batch]], emb[p[s:s + batch]], emb[q[s:s + batch]]
             n = len(eu)
-            t = torch.randint(0, T, (n,))
+            t = torch.randint(0, T, (n,), device=dev)
             xu = sa[t, None] * eu + s1a[t, None] * torch.randn_like(eu)
             xi = sa[t, None] * ei + s1a[t, None] * torch.randn_like(ei)
             enc = enc_table[t]

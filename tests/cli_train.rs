@@ -158,6 +158,66 @@ fn backends_and_ddrm_train_evaluate_and_recommend() {
     ]))
     .unwrap();
     assert_eq!(on_cpu, ev);
+    // training on a GPU: DDRM only; without one, the reason
+    let (code, _, err) = ddrm(&[
+        "train",
+        "--model",
+        "mf",
+        "--dataset",
+        &ds,
+        "--out",
+        &run("mf-gpu"),
+        "--device",
+        "cuda",
+    ]);
+    assert!(
+        code != 0 && err.contains("the other models train on the CPU only"),
+        "{err}"
+    );
+    let dd_gpu = run("mf-ddrm-gpu");
+    let (code, _, err) = ddrm(&[
+        "-q",
+        "train",
+        "--denoise",
+        "ddrm",
+        "--from",
+        &mf,
+        "--out",
+        &dd_gpu,
+        "--epochs",
+        "2",
+        "--eval-every",
+        "1",
+        "--hidden",
+        "32,16,32",
+        "--steps",
+        "5",
+        "--inference-steps",
+        "6",
+        "--batch",
+        "512",
+        "--device",
+        "cuda",
+    ]);
+    assert!(!err.contains("panicked"), "{err}");
+    if code == 0 {
+        let (a, b) = (
+            test_metrics(Path::new(&dd)),
+            test_metrics(Path::new(&dd_gpu)),
+        );
+        let (ra, rb) = (
+            a["at"][1]["recall"].as_f64().unwrap(),
+            b["at"][1]["recall"].as_f64().unwrap(),
+        );
+        assert!(
+            (ra - rb).abs() <= 0.02 * ra + 1e-3,
+            "DDRM trained on the GPU: R@20 {rb}, on the CPU {ra}"
+        );
+    } else if cfg!(feature = "cuda") {
+        assert!(err.contains("--device cuda:"), "{err}");
+    } else {
+        assert!(err.contains("built without the `cuda` feature"), "{err}");
+    }
     let (code, _, err) = ddrm(&["eval", "--run", &dd, "--device", "tpu"]);
     assert!(code != 0 && err.contains("unknown --device 'tpu'"), "{err}");
     let (code, out, err) = ddrm(&["eval", "--run", &dd, "--device", "cuda", "--json"]);

@@ -2,7 +2,8 @@
 //! CPU suite (GEMM at the model shapes, SpMM on the dataset graph, fused top-20 of every test
 //! user), each timed to completion on the stream, with `--vs torch-cuda` (PyTorch on the same
 //! GPU: cuBLAS, cuSPARSE, matmul + topk) interleaved A B A B as on the CPU; and DDRM
-//! inference + evaluation on the GPU, the model of `ddrm bench eval`'s CPU row.
+//! inference + evaluation and a DDRM training epoch on the GPU, the models of the CPU rows
+//! of `ddrm bench eval` and `ddrm bench epoch`.
 //!
 //! Written without a GPU to run it on: the kernels' correctness is covered by
 //! `tests/kernels_cuda.rs`, and this suite has not produced figures yet.
@@ -13,6 +14,7 @@ use super::{
 };
 use crate::data::{Dataset, Split};
 use crate::device::Device;
+use crate::diffusion::ddrm_device::DeviceDdrm;
 use crate::kernels::cuda::{Gpu, GpuCsr, GpuEpilogue};
 use anyhow::Result;
 
@@ -96,7 +98,32 @@ pub fn kernels(ctx: &Ctx, ds: &Dataset) -> Result<Vec<Row>> {
         });
         rows.push(super::eval_ddrm_row("kernels-cuda", shape, t, nu));
     }
+    if ctx.wants("DDRM epoch (MF recipe)", "") {
+        rows.push(ddrm_epoch_row(ctx, ds, gpu)?);
+    }
     Ok(rows)
+}
+
+/// One DDRM training epoch on the GPU (the model of `ddrm bench epoch`'s DDRM row), against
+/// the same epoch in PyTorch on the GPU (`--vs torch-cuda`).
+fn ddrm_epoch_row(ctx: &Ctx, ds: &Dataset, gpu: &Gpu) -> Result<Row> {
+    let dir = super::tmpdir()?;
+    let vs_torch = ctx.vs.iter().any(|v| v == "torch-cuda");
+    let m = super::ddrm_epoch_model(ds, dir.path(), vs_torch)?;
+    let mut dev = DeviceDdrm::new(gpu, &m, m.cfg.batch)?;
+    dev.epoch(&m, ds, 0)?; // warm-up: module loading, first launches
+    let mut ep = 0;
+    let (t, vs) = super::ab_with(ctx, "ddrm_epoch", Some(dir.path()), FW, 1, 0, || {
+        ep += 1;
+        std::hint::black_box(
+            dev.epoch(&m, ds, ep)
+                .expect("a GPU epoch failed after succeeding once"),
+        );
+    });
+    let nnz = ds.train().nnz();
+    let gf = m.flops_per_sample() * nnz as f64 / t.median_ms / 1e6;
+    let shape = format!("{nnz} samples, 2 denoisers 138-1000-100-1000-64");
+    Ok(row("DDRM epoch (MF recipe)", shape, t, gf, "GFLOP/s", vs))
 }
 
 /// SpMM on the dataset's normalized graph, d = 64.

@@ -105,6 +105,7 @@ pub fn kernel_rows(gpu: bool) -> Vec<(String, String)> {
     rows.push(("fused top-20".into(), String::new()));
     if gpu {
         rows.push(("DDRM inference + evaluation".into(), String::new()));
+        rows.push(("DDRM epoch (MF recipe)".into(), String::new()));
     } else {
         rows.extend(
             ELEMENTWISE_ROWS
@@ -663,33 +664,8 @@ pub fn epoch(ctx: &Ctx, ds: &Dataset, models: &[String]) -> Result<Vec<Row>> {
     if !wanted("ddrm") {
         return Ok(rows);
     }
-    let cfg = crate::cli::ddrm_cmd::ddrm_config(
-        &crate::cli::ddrm_cmd::DdrmArgs {
-            preset: Some(crate::cli::ddrm_cmd::Preset::AuthorsMf),
-            ..Default::default()
-        },
-        None,
-        None,
-        Some(1),
-        1000,
-        1,
-        1,
-        &[20],
-    )?;
-    let d = 64;
-    let mut emb = vec![0f32; (ds.n_users() + ds.n_items()) * d];
-    Rng::new(5).fill_normal(&mut emb, 0.3);
     let dir = tmpdir()?;
-    if ctx.vs.iter().any(|v| v == "torch") {
-        write_raw(dir.path(), "emb.bin", &emb)?;
-        write_epoch_data(
-            dir.path(),
-            ds,
-            None,
-            serde_json::json!({ "d": d, "ddrm": cfg }),
-        )?;
-    }
-    let mut m = Ddrm::new(cfg, emb, ds.n_users(), d)?;
+    let mut m = ddrm_epoch_model(ds, dir.path(), ctx.vs.iter().any(|v| v == "torch"))?;
     let mut trainer = crate::diffusion::ddrm::DdrmTrainer::new(&m);
     let flops = m.flops_per_sample() * nnz as f64;
     let mut ep = 0;
@@ -718,6 +694,33 @@ pub fn epoch(ctx: &Ctx, ds: &Dataset, models: &[String]) -> Result<Vec<Row>> {
         peak_rss_mib: timing::peak_rss_mib(),
     });
     Ok(rows)
+}
+
+/// The DDRM of the "DDRM epoch" rows: the authors' MF recipe (two denoisers
+/// 138-1000-100-1000-64, batch 2048) over random embeddings; with `write`, the data the
+/// PyTorch reference reads (`ddrm_epoch` in `benches/reference.py`) goes into `dir`.
+pub(crate) fn ddrm_epoch_model(ds: &Dataset, dir: &Path, write: bool) -> Result<Ddrm> {
+    let cfg = crate::cli::ddrm_cmd::ddrm_config(
+        &crate::cli::ddrm_cmd::DdrmArgs {
+            preset: Some(crate::cli::ddrm_cmd::Preset::AuthorsMf),
+            ..Default::default()
+        },
+        None,
+        None,
+        Some(1),
+        1000,
+        1,
+        1,
+        &[20],
+    )?;
+    let d = 64;
+    let mut emb = vec![0f32; (ds.n_users() + ds.n_items()) * d];
+    Rng::new(5).fill_normal(&mut emb, 0.3);
+    if write {
+        write_raw(dir, "emb.bin", &emb)?;
+        write_epoch_data(dir, ds, None, serde_json::json!({ "d": d, "ddrm": cfg }))?;
+    }
+    Ddrm::new(cfg, emb, ds.n_users(), d)
 }
 
 /// Suite `eval`: full-ranking evaluation and DDRM inference (MF recipe, T' = 20) for all test users.

@@ -326,6 +326,7 @@ pub fn run_train_ddrm(
     cfg: DdrmConfig,
     from: &std::path::Path,
     out: &std::path::Path,
+    device: &crate::device::Device,
     quiet: bool,
 ) -> Result<RunResult> {
     let t0 = Instant::now();
@@ -346,7 +347,7 @@ pub fn run_train_ddrm(
     };
     rd.write_json("config.json", &rc)?;
     let mut log_err = None;
-    let res = train_ddrm(&mut model, &ds, quiet, |rec| {
+    let res = train_ddrm(&mut model, &ds, device, quiet, |rec| {
         if let Err(e) = rd.append_metrics(rec) {
             log_err.get_or_insert(e);
         }
@@ -363,7 +364,7 @@ pub fn run_train_ddrm(
                 rec.gflops
             );
         }
-    });
+    })?;
     if let Some(e) = log_err {
         return Err(e);
     }

@@ -212,6 +212,7 @@ pub fn backend_args(
         no_reweight: false,
         cdae: Default::default(),
         adagcl: Default::default(),
+        device: "cpu".into(),
         json: false,
     }
 }
@@ -284,7 +285,7 @@ pub fn ddrm_stage_with(
         seed,
         &[10, 20],
     )?;
-    run_train_ddrm(cfg, from, out, quiet)
+    run_train_ddrm(cfg, from, out, &crate::device::Device::Cpu, quiet)
 }
 
 /// Run the reproduction (one seed, several, or a summary of finished ones) and print/write

@@ -109,6 +109,10 @@ pub struct TrainArgs {
     /// AdaGCL options.
     #[command(flatten)]
     pub adagcl: crate::cli::adagcl_cmd::AdaGclArgs,
+    /// Where DDRM trains and evaluates (`--denoise ddrm`): cpu, cuda or cuda:N (a build
+    /// with `--features cuda` and a GPU). The other models train on the CPU.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
@@ -309,6 +313,14 @@ pub fn print_metrics(title: &str, m: &Metrics, json: bool) -> Result<()> {
 
 /// Train a backend (or DDRM with `--denoise ddrm --from RUN`) into a run directory.
 pub fn run_train(a: &TrainArgs, quiet: bool) -> Result<RunResult> {
+    let on_cpu = crate::device::parse_spec(&a.device)?.is_none();
+    if !on_cpu && a.denoise != Some(Denoise::Ddrm) {
+        bail!(
+            "--device {}: on a GPU, `ddrm train` trains DDRM (--denoise ddrm --from RUN); the \
+             other models train on the CPU only so far",
+            a.device
+        );
+    }
     if a.denoise == Some(Denoise::Ddrm) {
         check_args(a)?;
         let Some(from) = a.ddrm.from.clone() else {
@@ -324,7 +336,8 @@ pub fn run_train(a: &TrainArgs, quiet: bool) -> Result<RunResult> {
             a.seed,
             &a.k,
         )?;
-        return crate::cli::ddrm_cmd::run_train_ddrm(cfg, &from, &a.out, quiet);
+        let device = Device::open(&a.device)?;
+        return crate::cli::ddrm_cmd::run_train_ddrm(cfg, &from, &a.out, &device, quiet);
     }
     if let Some(
         m @ (ModelName::Multivae | ModelName::Diffrec | ModelName::Cdae | ModelName::Adagcl),

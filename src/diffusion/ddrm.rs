@@ -1042,21 +1042,24 @@ impl DdrmTrainer {
     }
 }
 
-/// Train DDRM (Algorithm 1) with validation and early stopping; restores the best epoch.
+/// Train DDRM (Algorithm 1) with validation and early stopping on `device`; restores the
+/// best epoch. On a GPU the denoisers train there ([`super::ddrm_device`]) and validation
+/// runs there; the CPU keeps its own tuned trainer ([`DdrmTrainer`]).
 pub fn train_ddrm(
     model: &mut Ddrm,
     ds: &Dataset,
+    device: &Device,
     quiet: bool,
     mut on_record: impl FnMut(&DdrmRecord),
-) -> DdrmOutcome {
+) -> Result<DdrmOutcome> {
     let cfg = model.cfg.clone();
     if cfg.inference == Inference::StartOnly && model.joint.is_none() {
         // the start point (mean of the liked items' frozen embeddings) does not depend on the
         // denoisers: there is nothing to train or to select (best epoch 0, no history)
-        let best_valid = model.evaluate(ds, Split::Valid, cfg.seed);
+        let best_valid = model.evaluate_on(device, ds, Split::Valid, cfg.seed)?;
         let t0 = Instant::now();
-        let test = model.evaluate(ds, Split::Test, cfg.seed);
-        return DdrmOutcome {
+        let test = model.evaluate_on(device, ds, Split::Test, cfg.seed)?;
+        return Ok(DdrmOutcome {
             best_epoch: 0,
             best_valid,
             test,
@@ -1064,9 +1067,9 @@ pub fn train_ddrm(
             epoch_seconds: 0.0,
             gflops: 0.0,
             eval_seconds: t0.elapsed().as_secs_f64(),
-        };
+        });
     }
-    let mut trainer = DdrmTrainer::new(model);
+    let mut trainer = EpochRunner::new(device, model)?;
     // best epoch: its denoisers and, under --joint, its embeddings
     type Snapshot = (Denoiser, Denoiser, Option<(Vec<f32>, JointBackend)>);
     let mut stop: EarlyStop<Snapshot> = EarlyStop::new(cfg.patience);
@@ -1075,7 +1078,7 @@ pub fn train_ddrm(
     let bar = progress::bar(cfg.epochs as u64, "DDRM", quiet);
     for epoch in 1..=cfg.epochs {
         let t0 = Instant::now();
-        let st = trainer.epoch(model, ds, epoch);
+        let st = trainer.epoch(model, ds, epoch)?;
         let secs = t0.elapsed().as_secs_f64();
         let gf = model.flops_per_sample() * st.samples as f64 / secs / 1e9;
         tsum += secs;
@@ -1087,7 +1090,7 @@ pub fn train_ddrm(
             st.loss, secs, gf
         ));
         if epoch % cfg.eval_every == 0 || epoch == cfg.epochs {
-            let valid = model.evaluate(ds, Split::Valid, cfg.seed);
+            let valid = model.evaluate_on(device, ds, Split::Valid, cfg.seed)?;
             let rec = DdrmRecord {
                 epoch,
                 loss: st.loss,
@@ -1118,9 +1121,9 @@ pub fn train_ddrm(
     model.user_dn = u;
     model.item_dn = i;
     let t0 = Instant::now();
-    let test = model.evaluate(ds, Split::Test, cfg.seed);
+    let test = model.evaluate_on(device, ds, Split::Test, cfg.seed)?;
     let eval_seconds = t0.elapsed().as_secs_f64();
-    DdrmOutcome {
+    Ok(DdrmOutcome {
         best_epoch,
         best_valid,
         test,
@@ -1128,5 +1131,45 @@ pub fn train_ddrm(
         epoch_seconds: tsum / ne.max(1) as f64,
         gflops: fsum / ne.max(1) as f64,
         eval_seconds,
+    })
+}
+
+/// The epoch loop's trainer on each device.
+enum EpochRunner<'d> {
+    Cpu(Box<DdrmTrainer>),
+    #[cfg(feature = "cuda")]
+    Gpu(Box<super::ddrm_device::DeviceDdrm<'d, crate::kernels::cuda::Gpu>>),
+    #[cfg(not(feature = "cuda"))]
+    #[allow(dead_code)]
+    Never(std::marker::PhantomData<&'d ()>),
+}
+
+impl<'d> EpochRunner<'d> {
+    fn new(device: &'d Device, model: &Ddrm) -> Result<Self> {
+        Ok(match device {
+            Device::Cpu => EpochRunner::Cpu(Box::new(DdrmTrainer::new(model))),
+            #[cfg(feature = "cuda")]
+            Device::Cuda(gpu) => EpochRunner::Gpu(Box::new(super::ddrm_device::DeviceDdrm::new(
+                &**gpu,
+                model,
+                model.cfg.batch,
+            )?)),
+        })
+    }
+
+    /// One epoch; on a GPU the trained denoisers are then copied into `model` (for
+    /// validation and the best-epoch snapshot).
+    fn epoch(&mut self, model: &mut Ddrm, ds: &Dataset, epoch: usize) -> Result<EpochStats> {
+        match self {
+            EpochRunner::Cpu(t) => Ok(t.epoch(model, ds, epoch)),
+            #[cfg(feature = "cuda")]
+            EpochRunner::Gpu(t) => {
+                let st = t.epoch(model, ds, epoch)?;
+                t.download_into(model)?;
+                Ok(st)
+            }
+            #[cfg(not(feature = "cuda"))]
+            EpochRunner::Never(_) => unreachable!("no GPU trainer without the cuda feature"),
+        }
     }
 }
