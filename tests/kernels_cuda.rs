@@ -334,3 +334,43 @@ fn includes_are_expanded_for_nvrtc() {
         "{err}"
     );
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, .. ProptestConfig::default() })]
+
+    /// The training kernels behind `device::ops::Ops` (masked noising, the DDRM loss) on the
+    /// GPU against the CPU implementation of the same operations (plain loops).
+    #[test]
+    fn ddrm_training_kernels_match_the_cpu_ops(n in 0usize..300, d in 1usize..70, seed in 0u64..1000, lambda in 0f32..1.0, gamma in prop::sample::select(vec![0f32, 0.3, 1.0]), masked: bool) {
+        use ddrm::device::ops::{CpuOps, Ops};
+        let Some(g) = gpu("ddrm_training_kernels_match_the_cpu_ops") else { return Ok(()); };
+        let mut r = Rng::new(seed);
+        let t = 7;
+        let mut vecs = vec![vec![0f32; n * d]; 6];
+        for v in vecs.iter_mut() { r.fill_normal(v, 1.0); }
+        let steps: Vec<u32> = (0..n).map(|_| r.index(t) as u32).collect();
+        let (sa, s1): (Vec<f32>, Vec<f32>) = (0..t).map(|k| (1.0 - 0.1 * k as f32, 0.1 * k as f32 + 0.01)).unzip();
+        let mask: Vec<f32> = (0..n * d).map(|_| if r.uniform_f32() < 0.5 { 2.0 } else { 0.0 }).collect();
+        // CPU
+        let c = CpuOps;
+        let mut want_x = vec![0f32; n * d];
+        c.q_sample(&steps, &sa, &s1, &vecs[0], &vecs[1], masked.then_some(&mask), n, d, &mut want_x).unwrap();
+        let (mut wp, mut wu, mut wi) = (vec![0f32; 3 * n], vec![0f32; n * d], vec![0f32; n * d]);
+        c.ddrm_loss(&vecs[0], &vecs[1], &vecs[2], &vecs[3], &vecs[4], n, d, lambda, gamma, &mut wp, &mut wu, &mut wi).unwrap();
+        // GPU
+        let up = |v: &[f32]| Ops::upload(g, v).unwrap();
+        let (gs, gsa, gs1) = (Ops::upload_u32(g, &steps).unwrap(), up(&sa), up(&s1));
+        let gv: Vec<_> = vecs.iter().map(|v| up(v)).collect();
+        let gm = up(&mask);
+        let mut gx = Ops::zeros(g, n * d).unwrap();
+        Ops::q_sample(g, &gs, &gsa, &gs1, &gv[0], &gv[1], masked.then_some(&gm), n, d, &mut gx).unwrap();
+        let (mut gp, mut gu, mut gi) = (Ops::zeros(g, 3 * n).unwrap(), Ops::zeros(g, n * d).unwrap(), Ops::zeros(g, n * d).unwrap());
+        Ops::ddrm_loss(g, &gv[0], &gv[1], &gv[2], &gv[3], &gv[4], n, d, lambda, gamma, &mut gp, &mut gu, &mut gi).unwrap();
+        let got_x = Ops::read(g, &gx, n * d).unwrap();
+        for (a, b) in want_x.iter().zip(&got_x) { prop_assert!(close(*b, *a as f64, 1e-6, 1e-5), "q_sample: cpu {} gpu {}", a, b); }
+        for (what, w, gb, len) in [("parts", &wp, &gp, 3 * n), ("dhu", &wu, &gu, n * d), ("dhi", &wi, &gi, n * d)] {
+            let got = Ops::read(g, gb, len).unwrap();
+            for (a, b) in w.iter().zip(&got) { prop_assert!(close(*b, *a as f64, 1e-6, 1e-4), "{}: cpu {} gpu {}", what, a, b); }
+        }
+    }
+}
