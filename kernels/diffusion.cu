@@ -89,3 +89,30 @@ extern "C" __global__ void ddrm_loss(int n, int d, float lambda, float gamma,
         parts[2 * n + r] = rec;
     }
 }
+
+// Counter-based random numbers (src/util/rng.rs, counter_u64): element i of stream `seed` is
+// SplitMix64's output for the state seed + i * phi, so each thread draws its own element.
+__device__ __forceinline__ unsigned long long counter_u64(unsigned long long seed,
+                                                          unsigned long long i) {
+    unsigned long long z = seed + i * 0x9E3779B97F4A7C15ull + 0x9E3779B97F4A7C15ull;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+// out[i] for i < n: kind 0, a standard normal (Box-Muller on the top and bottom 24 bits);
+// kind 1, inverted dropout: `scale` when the uniform from the top 24 bits is below `keep`,
+// else 0.
+extern "C" __global__ void counter_fill(int n, unsigned long long seed, int kind, float keep,
+                                        float scale, float* __restrict__ out) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    unsigned long long h = counter_u64(seed, (unsigned long long)i);
+    float u1 = ((float)(h >> 40) + 0.5f) * (1.0f / 16777216.0f);
+    if (kind == 1) {
+        out[i] = u1 < keep ? scale : 0.0f;
+        return;
+    }
+    float u2 = ((float)(h & 0xFFFFFFull) + 0.5f) * (1.0f / 16777216.0f);
+    out[i] = sqrtf(-2.0f * logf(u1)) * cosf(6.28318530717958647692f * u2);
+}

@@ -209,8 +209,9 @@ fn backends_and_ddrm_train_evaluate_and_recommend() {
             a["at"][1]["recall"].as_f64().unwrap(),
             b["at"][1]["recall"].as_f64().unwrap(),
         );
+        // the GPU draws its own noise and masks (counter-based streams): close, not equal
         assert!(
-            (ra - rb).abs() <= 0.02 * ra + 1e-3,
+            (ra - rb).abs() <= 0.15 * ra + 0.01,
             "DDRM trained on the GPU: R@20 {rb}, on the CPU {ra}"
         );
     } else if cfg!(feature = "cuda") {

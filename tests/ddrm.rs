@@ -586,4 +586,58 @@ fn device_trainer_epoch_tracks_the_cpu_epoch() {
     for (x, y) in ma.at.iter().zip(&mb.at) {
         assert!((x.recall - y.recall).abs() < 0.01, "{x:?} vs {y:?}");
     }
+    // noise and masks drawn by the device's counter-based streams: other numbers, the same
+    // distribution, so about the same losses
+    use ddrm::diffusion::ddrm_device::NoiseSource;
+    let fresh = Ddrm::new(cpu.cfg.clone(), cpu.emb.clone(), ds.n_users(), d).unwrap();
+    let mut dev = DeviceDdrm::new(&CpuOps, &fresh, cpu.cfg.batch).unwrap();
+    dev.set_noise(NoiseSource::Device);
+    let mut cpu2 = Ddrm::new(cpu.cfg.clone(), cpu.emb.clone(), ds.n_users(), d).unwrap();
+    let mut trainer = DdrmTrainer::new(&cpu2);
+    for epoch in 1..=2 {
+        let a = trainer.epoch(&mut cpu2, &ds, epoch);
+        let b = dev.epoch(&fresh, &ds, epoch).unwrap();
+        assert!(
+            (a.loss - b.loss).abs() <= 0.1 * a.loss.abs() && a.loss != b.loss,
+            "epoch {epoch}, device noise: loss {} vs the CPU's {}",
+            b.loss,
+            a.loss
+        );
+    }
+}
+
+/// The counter-based streams: standard normals and dropout masks with the right moments,
+/// element i the same whatever the length drawn, and other seeds other numbers.
+#[test]
+fn counter_streams_have_the_right_moments_and_prefixes() {
+    use ddrm::device::ops::{CpuOps, Draw, Ops};
+    let n = 200_000;
+    let mut x = vec![0f32; n];
+    CpuOps.draw(7, Draw::Normal, n, &mut x).unwrap();
+    let mean = x.iter().map(|&v| v as f64).sum::<f64>() / n as f64;
+    let var = x.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n as f64;
+    let tail = x.iter().filter(|v| v.abs() > 1.96).count() as f64 / n as f64;
+    assert!(
+        mean.abs() < 0.01 && (var - 1.0).abs() < 0.02,
+        "mean {mean}, var {var}"
+    );
+    assert!((tail - 0.05).abs() < 0.003, "P(|z| > 1.96) = {tail}");
+    let mut head = vec![0f32; 1000];
+    CpuOps.draw(7, Draw::Normal, 1000, &mut head).unwrap();
+    assert_eq!(
+        &head[..],
+        &x[..1000],
+        "element i does not depend on the length"
+    );
+    CpuOps.draw(8, Draw::Normal, 1000, &mut head).unwrap();
+    assert!(
+        head.iter().zip(&x).filter(|(a, b)| a == b).count() < 5,
+        "seed 8 repeats seed 7"
+    );
+    let mut m = vec![0f32; n];
+    CpuOps.draw(7, Draw::Keep(0.3), n, &mut m).unwrap();
+    let kept = m.iter().filter(|&&v| v != 0.0).count() as f64 / n as f64;
+    assert!((kept - 0.3).abs() < 0.005, "kept {kept}");
+    assert!(m.iter().all(|&v| v == 0.0 || (v - 1.0 / 0.3).abs() < 1e-6));
+    assert!(CpuOps.draw(7, Draw::Keep(0.0), 10, &mut m).is_err());
 }

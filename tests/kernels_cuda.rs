@@ -338,8 +338,9 @@ fn includes_are_expanded_for_nvrtc() {
 proptest! {
     #![proptest_config(ProptestConfig { cases: 24, .. ProptestConfig::default() })]
 
-    /// The training kernels behind `device::ops::Ops` (masked noising, the DDRM loss) on the
-    /// GPU against the CPU implementation of the same operations (plain loops).
+    /// The training kernels behind `device::ops::Ops` (masked noising, the DDRM loss, the
+    /// counter-based random streams) on the GPU against the CPU implementation of the same
+    /// operations (plain loops).
     #[test]
     fn ddrm_training_kernels_match_the_cpu_ops(n in 0usize..300, d in 1usize..70, seed in 0u64..1000, lambda in 0f32..1.0, gamma in prop::sample::select(vec![0f32, 0.3, 1.0]), masked: bool) {
         use ddrm::device::ops::{CpuOps, Ops};
@@ -371,6 +372,21 @@ proptest! {
         for (what, w, gb, len) in [("parts", &wp, &gp, 3 * n), ("dhu", &wu, &gu, n * d), ("dhi", &wi, &gi, n * d)] {
             let got = Ops::read(g, gb, len).unwrap();
             for (a, b) in w.iter().zip(&got) { prop_assert!(close(*b, *a as f64, 1e-6, 1e-4), "{}: cpu {} gpu {}", what, a, b); }
+        }
+        // the counter-based streams: normals to the last bits of logf / cosf, masks exactly
+        use ddrm::device::ops::Draw;
+        for what in [Draw::Normal, Draw::Keep(0.6)] {
+            let mut want = vec![0f32; n * d];
+            c.draw(seed, what, n * d, &mut want).unwrap();
+            let mut gd = Ops::zeros(g, n * d).unwrap();
+            Ops::draw(g, seed, what, n * d, &mut gd).unwrap();
+            let got = Ops::read(g, &gd, n * d).unwrap();
+            for (a, b) in want.iter().zip(&got) {
+                match what {
+                    Draw::Normal => prop_assert!(close(*b, *a as f64, 1e-5, 1e-5), "normal: cpu {} gpu {}", a, b),
+                    Draw::Keep(_) => prop_assert_eq!(a, b),
+                }
+            }
         }
     }
 }

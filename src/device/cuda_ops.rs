@@ -1,6 +1,6 @@
 //! [`Ops`] on a GPU: device buffers (`CudaSlice`) and the kernels of `kernels/`.
 
-use super::ops::{AdamCoefs, Ep, Ops};
+use super::ops::{AdamCoefs, Draw, Ep, Ops};
 use crate::kernels::cuda::{Gpu, GpuEpilogue};
 use anyhow::{anyhow, ensure, Result};
 use cudarc::driver::CudaSlice;
@@ -120,5 +120,12 @@ impl Ops for Gpu {
         c: AdamCoefs,
     ) -> Result<()> {
         self.adam_step(p, g, m, v, len, c)
+    }
+    fn draw(&self, seed: u64, what: Draw, n: usize, out: &mut CudaSlice<f32>) -> Result<()> {
+        let keep = match what {
+            Draw::Normal => None,
+            Draw::Keep(k) => Some(k),
+        };
+        self.counter_fill(seed, keep, n, out)
     }
 }

@@ -62,6 +62,16 @@ impl AdamCoefs {
     }
 }
 
+/// What [`Ops::draw`] draws.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Draw {
+    /// Standard normals ([`crate::util::rng::counter_normal`]).
+    Normal,
+    /// An inverted-dropout mask: `1 / keep` with probability `keep`, else 0
+    /// ([`crate::util::rng::counter_uniform`] `< keep`).
+    Keep(f32),
+}
+
 /// Buffer-level operations of one device.
 pub trait Ops {
     /// An f32 buffer on the device.
@@ -148,6 +158,9 @@ pub trait Ops {
         len: usize,
         c: AdamCoefs,
     ) -> Result<()>;
+    /// Elements `0..n` of the counter-based stream `seed` (the same numbers on every
+    /// device, up to the last bit of `ln` / `cos`) into the front of `out`.
+    fn draw(&self, seed: u64, what: Draw, n: usize, out: &mut Self::F) -> Result<()>;
 }
 
 /// The CPU: `Vec` buffers, the SIMD kernels.
@@ -355,6 +368,39 @@ impl Ops for CpuOps {
             p[k] -= c.step * m[k] / ((v[k] * c.inv_bc2).sqrt() + c.eps);
         }
         Ok(())
+    }
+    fn draw(&self, seed: u64, what: Draw, n: usize, out: &mut Vec<f32>) -> Result<()> {
+        fits("draw", out.len(), n)?;
+        if let Draw::Keep(k) = what {
+            ensure!(
+                k > 0.0 && k <= 1.0,
+                "draw: keep probability {k} outside (0, 1]"
+            );
+        }
+        CpuOps::draw_into(seed, what, &mut out[..n]);
+        Ok(())
+    }
+}
+
+impl CpuOps {
+    fn draw_into(seed: u64, what: Draw, out: &mut [f32]) {
+        use crate::util::rng::{counter_normal, counter_uniform};
+        use rayon::prelude::*;
+        out.par_iter_mut()
+            .enumerate()
+            .with_min_len(4096)
+            .for_each(|(i, o)| {
+                *o = match what {
+                    Draw::Normal => counter_normal(seed, i as u64),
+                    Draw::Keep(keep) => {
+                        if counter_uniform(seed, i as u64) < keep {
+                            1.0 / keep
+                        } else {
+                            0.0
+                        }
+                    }
+                }
+            });
     }
 }
 

@@ -1149,11 +1149,13 @@ impl<'d> EpochRunner<'d> {
         Ok(match device {
             Device::Cpu => EpochRunner::Cpu(Box::new(DdrmTrainer::new(model))),
             #[cfg(feature = "cuda")]
-            Device::Cuda(gpu) => EpochRunner::Gpu(Box::new(super::ddrm_device::DeviceDdrm::new(
-                &**gpu,
-                model,
-                model.cfg.batch,
-            )?)),
+            Device::Cuda(gpu) => {
+                let mut t = super::ddrm_device::DeviceDdrm::new(&**gpu, model, model.cfg.batch)?;
+                // noise and masks drawn on the GPU (drawing them on the host would cost more
+                // than the GPU's step)
+                t.set_noise(super::ddrm_device::NoiseSource::Device);
+                EpochRunner::Gpu(Box::new(t))
+            }
         })
     }
 

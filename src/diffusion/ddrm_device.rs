@@ -2,8 +2,10 @@
 //! runs on the CPU ([`CpuOps`](crate::device::ops::CpuOps)) or a GPU with the same code:
 //! frozen backend embeddings resident on the device, the MLP denoisers' forward and
 //! backward as GEMMs with fused epilogues, the DDRM loss kernel, and Adam, with every buffer
-//! allocated once. The host draws the batches, steps, noise and dropout masks from the same
-//! random streams as [`super::ddrm::DdrmTrainer`], so both trainers see the same inputs.
+//! allocated once. The host draws the batches and steps from the same random streams as
+//! [`super::ddrm::DdrmTrainer`]; the Gaussian noise and dropout masks come either from the
+//! CPU trainer's streams too (so both trainers see the same inputs) or, for speed, from
+//! counter-based streams drawn on the device ([`NoiseSource`]).
 //!
 //! The denoiser's first layer takes concat(x_t ⊙ mask, Linear(enc(t)), c); here its weight is
 //! kept as three row blocks (x, step, condition) and the layer is three accumulated GEMMs,
@@ -16,7 +18,7 @@ use super::ddrm::{Ddrm, EpochStats, LossParts};
 use super::denoiser::{Denoiser, DenoiserGrad};
 use crate::backends::sampler::sample_epoch;
 use crate::data::Dataset;
-use crate::device::ops::{AdamCoefs, Ep, Ops};
+use crate::device::ops::{AdamCoefs, Draw, Ep, Ops};
 use crate::kernels::cpu::Act;
 use crate::nn::step_embedding::timestep_encoding;
 use crate::nn::AdamConfig;
@@ -33,6 +35,17 @@ const W_S: usize = 3;
 const W_C: usize = 4;
 const B_0: usize = 5;
 
+/// Where a device epoch draws its Gaussian noise and dropout masks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NoiseSource {
+    /// The host, from the CPU trainer's streams: the device trains on exactly the CPU
+    /// trainer's inputs (to compare the two). About 1–2 s of host work per ML-1M epoch.
+    Host,
+    /// The device, from counter-based streams ([`crate::util::rng::counter_normal`]) seeded
+    /// by the host's stream: nothing is drawn or copied per element on the host.
+    Device,
+}
+
 /// One denoiser on a device: parameters, gradients, Adam moments and forward state.
 struct DevDenoiser<O: Ops> {
     p: Vec<O::F>,
@@ -44,6 +57,7 @@ struct DevDenoiser<O: Ops> {
     dims: Vec<usize>,
     sd: usize,
     act: Act,
+    dropout: f32,
     enc: O::F,
     temb: O::F,
     xin: O::F,
@@ -96,6 +110,7 @@ impl<O: Ops> DevDenoiser<O> {
             lens,
             sd,
             act: dn.mlp.act,
+            dropout: dn.dropout,
             enc: ops.zeros(cap * sd)?,
             temb: ops.zeros(cap * sd)?,
             xin: ops.zeros(cap * d)?,
@@ -337,6 +352,7 @@ pub struct DeviceDdrm<'o, O: Ops> {
     steps_t: usize,
     acfg: AdamConfig,
     t: i32,
+    noise: NoiseSource,
     emb: O::F,
     sqrt_abar: O::F,
     sqrt_1m_abar: O::F,
@@ -389,6 +405,7 @@ impl<'o, O: Ops> DeviceDdrm<'o, O> {
             steps_t: t,
             acfg,
             t: 0,
+            noise: NoiseSource::Host,
             emb: ops.upload(&model.emb)?,
             sqrt_abar: ops.upload(&sa)?,
             sqrt_1m_abar: ops.upload(&s1)?,
@@ -408,6 +425,12 @@ impl<'o, O: Ops> DeviceDdrm<'o, O> {
         })
     }
 
+    /// Where [`Self::epoch`] draws the Gaussian noise and the dropout masks (default: the
+    /// host).
+    pub fn set_noise(&mut self, source: NoiseSource) {
+        self.noise = source;
+    }
+
     /// Loss and gradients of one batch with explicit steps (0-based, `< T`), noise and
     /// dropout masks (empty: no dropout; the user mask is ignored item-only), then, with
     /// `update`, one Adam step of both denoisers.
@@ -422,6 +445,47 @@ impl<'o, O: Ops> DeviceDdrm<'o, O> {
         masks: [&[f32]; 2],
         update: bool,
     ) -> Result<LossParts> {
+        let n = self.load_batch(users, pos, neg, steps)?;
+        let d = self.d;
+        for (k, (e, m)) in eps.iter().zip(&masks).enumerate() {
+            ensure!(
+                e.len() == n * d,
+                "device DDRM step: noise {k} must be n x d"
+            );
+            ensure!(
+                m.is_empty() || m.len() == n * d,
+                "device DDRM step: mask {k} must be empty or n x d"
+            );
+        }
+        let mut has_mask = [false; 2];
+        for &k in self.denoisers() {
+            self.ops.write(eps[k], &mut self.eps[k])?;
+            if !masks[k].is_empty() {
+                self.ops.write(masks[k], &mut self.mask[k])?;
+                has_mask[k] = true;
+            }
+        }
+        self.run(n, has_mask, update)
+    }
+
+    /// The denoisers that train: user (0) and item (1), or the item's alone.
+    fn denoisers(&self) -> &'static [usize] {
+        if self.item_only {
+            &[1]
+        } else {
+            &[0, 1]
+        }
+    }
+
+    /// Check a batch, copy its ids and steps to the device and gather its embeddings;
+    /// returns its size.
+    fn load_batch(
+        &mut self,
+        users: &[u32],
+        pos: &[u32],
+        neg: &[u32],
+        steps: &[u32],
+    ) -> Result<usize> {
         let (n, d, ops) = (users.len(), self.d, self.ops);
         ensure!(
             n <= self.cap && pos.len() == n && neg.len() == n && steps.len() == n,
@@ -436,18 +500,7 @@ impl<'o, O: Ops> DeviceDdrm<'o, O> {
             "device DDRM step: a diffusion step is not below T = {}",
             self.steps_t
         );
-        for (k, (e, m)) in eps.iter().zip(&masks).enumerate() {
-            ensure!(
-                e.len() == n * d,
-                "device DDRM step: noise {k} must be n x d"
-            );
-            ensure!(
-                m.is_empty() || m.len() == n * d,
-                "device DDRM step: mask {k} must be empty or n x d"
-            );
-        }
-        let nu = self.n_users;
-        let rows = self.rows;
+        let (nu, rows) = (self.n_users, self.rows);
         let ids = [
             users.to_vec(),
             pos.iter().map(|&i| i + nu).collect::<Vec<u32>>(),
@@ -461,17 +514,18 @@ impl<'o, O: Ops> DeviceDdrm<'o, O> {
             ops.gather_rows(&self.emb, d, &self.ids[k], n, &mut self.e[k])?;
         }
         ops.write_u32(steps, &mut self.steps)?;
+        Ok(n)
+    }
+
+    /// The step on the loaded batch, its noise in `self.eps` and its masks in `self.mask`.
+    fn run(&mut self, n: usize, has_mask: [bool; 2], update: bool) -> Result<LossParts> {
+        let (d, ops) = (self.d, self.ops);
+        let which = self.denoisers();
         // denoiser 0 (user): x = e_u, condition e_i; denoiser 1 (item): x = e_i, condition e_u
-        let which: &[usize] = if self.item_only { &[1] } else { &[0, 1] };
         for &k in which {
-            ops.write(eps[k], &mut self.eps[k])?;
-            let has_mask = !masks[k].is_empty();
-            if has_mask {
-                ops.write(masks[k], &mut self.mask[k])?;
-            }
             let (x0, cond) = (&self.e[k], &self.e[1 - k]);
             let dn = &mut self.dn[k];
-            let mask = has_mask.then_some(&self.mask[k]);
+            let mask = has_mask[k].then_some(&self.mask[k]);
             ops.q_sample(
                 &self.steps,
                 &self.sqrt_abar,
@@ -533,8 +587,10 @@ impl<'o, O: Ops> DeviceDdrm<'o, O> {
         })
     }
 
-    /// One epoch over the same triplets, steps, noise and masks as
-    /// [`super::ddrm::DdrmTrainer::epoch`] draws for `model`'s seed.
+    /// One epoch over the triplets and steps [`super::ddrm::DdrmTrainer::epoch`] draws for
+    /// `model`'s seed. With [`NoiseSource::Host`] the noise and masks are the CPU trainer's
+    /// too; with [`NoiseSource::Device`] they are drawn on the device from counter-based
+    /// streams seeded by the same host stream (the same distribution, other numbers).
     pub fn epoch(&mut self, model: &Ddrm, ds: &Dataset, epoch: usize) -> Result<EpochStats> {
         let (seed, batch, d) = (model.cfg.seed, model.cfg.batch, self.d);
         let trip = sample_epoch(&ds.train(), seed, 0xD000 + epoch as u64);
@@ -544,24 +600,48 @@ impl<'o, O: Ops> DeviceDdrm<'o, O> {
             let e = (s + batch).min(trip.users.len());
             let n = e - s;
             let steps: Vec<u32> = (0..n).map(|_| rng.index(self.steps_t) as u32).collect();
-            let (mut eps_u, mut eps_i) = (vec![0f32; n * d], vec![0f32; n * d]);
-            Rng::fill_normal_par(&mut eps_u, 1.0, rng.next_u64());
-            Rng::fill_normal_par(&mut eps_i, 1.0, rng.next_u64());
-            let mask_u = if self.item_only {
-                Vec::new()
-            } else {
-                model.user_dn.dropout_mask(n, &mut rng)
+            let (us, ps, ns) = (&trip.users[s..e], &trip.pos[s..e], &trip.neg[s..e]);
+            let p = match self.noise {
+                NoiseSource::Host => {
+                    let (mut eps_u, mut eps_i) = (vec![0f32; n * d], vec![0f32; n * d]);
+                    Rng::fill_normal_par(&mut eps_u, 1.0, rng.next_u64());
+                    Rng::fill_normal_par(&mut eps_i, 1.0, rng.next_u64());
+                    let mask_u = if self.item_only {
+                        Vec::new()
+                    } else {
+                        model.user_dn.dropout_mask(n, &mut rng)
+                    };
+                    let mask_i = model.item_dn.dropout_mask(n, &mut rng);
+                    self.step(
+                        us,
+                        ps,
+                        ns,
+                        &steps,
+                        [&eps_u, &eps_i],
+                        [&mask_u, &mask_i],
+                        true,
+                    )?
+                }
+                NoiseSource::Device => {
+                    self.load_batch(us, ps, ns, &steps)?;
+                    let mut has_mask = [false; 2];
+                    for k in 0..2 {
+                        // both seeds are drawn, item-only too, so the stream does not depend on it
+                        let (se, sm) = (rng.next_u64(), rng.next_u64());
+                        if !self.denoisers().contains(&k) {
+                            continue;
+                        }
+                        self.ops.draw(se, Draw::Normal, n * d, &mut self.eps[k])?;
+                        let drop = self.dn[k].dropout;
+                        if drop > 0.0 {
+                            self.ops
+                                .draw(sm, Draw::Keep(1.0 - drop), n * d, &mut self.mask[k])?;
+                            has_mask[k] = true;
+                        }
+                    }
+                    self.run(n, has_mask, true)?
+                }
             };
-            let mask_i = model.item_dn.dropout_mask(n, &mut rng);
-            let p = self.step(
-                &trip.users[s..e],
-                &trip.pos[s..e],
-                &trip.neg[s..e],
-                &steps,
-                [&eps_u, &eps_i],
-                [&mask_u, &mask_i],
-                true,
-            )?;
             l += p.total;
             lb += p.bpr;
             lr += p.recon;

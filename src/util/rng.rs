@@ -14,6 +14,31 @@ pub fn splitmix64(state: &mut u64) -> u64 {
     z ^ (z >> 31)
 }
 
+/// The `i`-th value of the counter-based stream `seed`: SplitMix64's output for the state
+/// `seed + i·φ`. Every element is computed on its own, in any order, so a GPU kernel
+/// (`counter_fill` in `kernels/diffusion.cu`) draws the same stream as [`counter_normal`] and
+/// [`counter_uniform`] here.
+#[inline]
+pub fn counter_u64(seed: u64, i: u64) -> u64 {
+    let mut s = seed.wrapping_add(i.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    splitmix64(&mut s)
+}
+
+/// A uniform in (0, 1) from the top 24 bits of [`counter_u64`].
+#[inline]
+pub fn counter_uniform(seed: u64, i: u64) -> f32 {
+    ((counter_u64(seed, i) >> 40) as f32 + 0.5) * (1.0 / 16_777_216.0)
+}
+
+/// A standard normal from one [`counter_u64`] (Box–Muller on its top and bottom 24 bits).
+#[inline]
+pub fn counter_normal(seed: u64, i: u64) -> f32 {
+    let h = counter_u64(seed, i);
+    let u1 = ((h >> 40) as f32 + 0.5) * (1.0 / 16_777_216.0);
+    let u2 = ((h & 0xFF_FFFF) as f32 + 0.5) * (1.0 / 16_777_216.0);
+    (-2.0 * u1.ln()).sqrt() * (std::f32::consts::TAU * u2).cos()
+}
+
 /// xoshiro256++ generator (Blackman & Vigna). Not cryptographic; fast and well distributed.
 #[derive(Clone, Debug)]
 pub struct Rng {

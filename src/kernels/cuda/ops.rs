@@ -549,6 +549,41 @@ impl Gpu {
         Ok(())
     }
 
+    /// Elements `0..n` of the counter-based stream `seed` (`counter_fill`): standard normals,
+    /// or with `keep`, an inverted-dropout mask (`1 / keep` with probability `keep`, else 0).
+    pub fn counter_fill(
+        &self,
+        seed: u64,
+        keep: Option<f32>,
+        n: usize,
+        out: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        ensure!(out.len() >= n, "counter_fill: output shorter than n");
+        if let Some(k) = keep {
+            ensure!(
+                k > 0.0 && k <= 1.0,
+                "counter_fill: keep probability {k} outside (0, 1]"
+            );
+        }
+        if n == 0 {
+            return Ok(());
+        }
+        let ni = int(n, "n")?;
+        let kind = keep.is_some() as i32;
+        let keep = keep.unwrap_or(1.0);
+        let scale = 1.0 / keep;
+        let mut l = self.stream().launch_builder(self.func("counter_fill"));
+        l.arg(&ni)
+            .arg(&seed)
+            .arg(&kind)
+            .arg(&keep)
+            .arg(&scale)
+            .arg(out);
+        // SAFETY: matches counter_fill's signature; the size was checked.
+        unsafe { l.launch(blocks(n, 256)) }.map_err(drv)?;
+        Ok(())
+    }
+
     /// DDRM's loss of `n` rows (see `kernels/diffusion.cu`, `ddrm_loss`): per-row parts
     /// (`3 x n`) and dL/dhu, dL/dhi.
     #[allow(clippy::too_many_arguments)]

@@ -43,7 +43,13 @@ pub const SOURCES: &[(&str, &str, &[&str])] = &[
     (
         "diffusion",
         include_str!("../../../kernels/diffusion.cu"),
-        &["q_sample", "posterior_step", "q_sample_masked", "ddrm_loss"],
+        &[
+            "q_sample",
+            "posterior_step",
+            "q_sample_masked",
+            "ddrm_loss",
+            "counter_fill",
+        ],
     ),
 ];
 
