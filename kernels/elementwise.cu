@@ -72,3 +72,40 @@ extern "C" __global__ void scatter_add_rows(int n_unique, int d, const unsigned*
         out[c] = s;
     }
 }
+
+// MF-BPR's row gradients (src/backends/mf_step.rs, gradients): for each distinct row s the
+// batch touches, in the order the host grouped them (entries[start[s] .. start[s + 1]],
+// each k << 2 | role, in triplet order), out[s, :] is the sum of
+//   user role: (dp[k] * T[pos[k]] + dn[k] * T[neg[k]]) + rc * T[row]
+//   positive:  dp[k] * T[users[k]] + rc * T[row]
+//   negative:  dn[k] * T[users[k]] + rc * T[row]
+// with T the table; one warp per row, each lane summing its columns in that fixed order.
+extern "C" __global__ void mf_row_grads(int n_unique, int d, const unsigned* __restrict__ rows,
+                                        const unsigned* __restrict__ start,
+                                        const unsigned* __restrict__ entries,
+                                        const unsigned* __restrict__ users,
+                                        const unsigned* __restrict__ pos,
+                                        const unsigned* __restrict__ neg,
+                                        const float* __restrict__ dp, const float* __restrict__ dn,
+                                        float rc, const float* __restrict__ table,
+                                        float* __restrict__ out) {
+    int s = (blockIdx.x * blockDim.x + threadIdx.x) / 32, lane = threadIdx.x % 32;
+    if (s >= n_unique) return;
+    const float* own = table + (size_t)rows[s] * d;
+    for (int c = lane; c < d; c += 32) {
+        float acc = 0.0f;
+        for (unsigned p = start[s]; p < start[s + 1]; ++p) {
+            unsigned e = entries[p], k = e >> 2, role = e & 3u;
+            float term;
+            if (role == 0u) {
+                term = __fadd_rn(__fmul_rn(dp[k], table[(size_t)pos[k] * d + c]),
+                                 __fmul_rn(dn[k], table[(size_t)neg[k] * d + c]));
+            } else {
+                float a = role == 1u ? dp[k] : dn[k];
+                term = __fmul_rn(a, table[(size_t)users[k] * d + c]);
+            }
+            acc = __fadd_rn(acc, __fadd_rn(term, __fmul_rn(rc, own[c])));
+        }
+        out[(size_t)s * d + c] = acc;
+    }
+}

@@ -14,3 +14,21 @@ extern "C" __global__ void adam_step(int n, float* __restrict__ p, const float* 
     v[i] = vk;
     p[i] -= step * mk / (sqrtf(vk * inv_bc2) + eps);
 }
+
+// Lazy Adam on the rows `rows[0..n_rows)` of a table (distinct rows; src/nn/optim.rs,
+// update_rows): the update of adam_step on each row's d entries, with the gradient of row
+// s in grads[s * d ..]. Rows the batch does not touch keep their values and moments.
+extern "C" __global__ void adam_rows(int n_rows, int d, const unsigned* __restrict__ rows,
+                                     float* __restrict__ p, const float* __restrict__ grads,
+                                     float* __restrict__ m, float* __restrict__ v, float b1,
+                                     float b2, float step, float inv_bc2, float eps, float wd) {
+    size_t e = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (e >= (size_t)n_rows * d) return;
+    size_t s = e / d, c = e % d, i = (size_t)rows[s] * d + c;
+    float gk = grads[e] + wd * p[i];
+    float mk = b1 * m[i] + (1.0f - b1) * gk;
+    float vk = b2 * v[i] + (1.0f - b2) * (gk * gk);
+    m[i] = mk;
+    v[i] = vk;
+    p[i] -= step * mk / (sqrtf(vk * inv_bc2) + eps);
+}

@@ -135,3 +135,75 @@ fn out_of_range_row_is_refused() {
     let (mut sp, mut sn, mut sq) = (vec![0f32; 1], vec![0f32; 1], vec![0f64; 1]);
     scores(&table, 2, (&[0], &[4], &[3]), &mut sp, &mut sn, &mut sq);
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, .. ProptestConfig::default() })]
+
+    /// The device operations' MF row gradients (CPU implementation, the reference of the
+    /// `mf_row_grads` kernel) over the host's row plan give the in-place step's gradient
+    /// rows, bit for bit.
+    #[test]
+    fn device_row_gradients_equal_the_in_place_step(c in case()) {
+        use ddrm::device::ops::{plan_rows, CpuOps, Ops, RowPlan};
+        let (rows, g) = MfScratch::default().gradients(&c.table, c.d, (&c.users, &c.pos, &c.neg), &c.dp, &c.dn, c.rc);
+        let (prow, start, entries) = plan_rows(&c.users, &c.pos, &c.neg);
+        prop_assert_eq!(&prow, &rows);
+        let plan = RowPlan { n_unique: prow.len(), rows: prow, start, entries };
+        let mut out = vec![0f32; plan.n_unique * c.d];
+        CpuOps.mf_row_grads(&c.table, c.d, &plan, [&c.users, &c.pos, &c.neg], &c.dp, &c.dn, c.rc, &mut out).unwrap();
+        prop_assert_eq!(bits(&out), bits(&g));
+    }
+}
+
+/// Two epochs of MF-BPR through the device operations (on the CPU) train the table the CPU
+/// trainer trains, bit for bit: same triplets, scores, gradients and lazy Adam.
+#[test]
+fn device_mf_epochs_equal_the_cpu_trainers() {
+    use ddrm::backends::mf_device::DeviceMf;
+    use ddrm::backends::trainer::run_epoch;
+    use ddrm::backends::{Backend, Model, ModelConfig};
+    use ddrm::data::synth::{generate, SynthConfig};
+    use ddrm::device::ops::CpuOps;
+    let parts = generate(&SynthConfig {
+        users: 150,
+        items: 120,
+        interactions: 4000,
+        item_exponent: 0.9,
+        user_exponent: 0.6,
+        seed: 9,
+    })
+    .unwrap();
+    let ds = ddrm::data::Dataset::from_parts(&parts).unwrap();
+    let cfg = ModelConfig {
+        backend: Backend::Mf,
+        dim: 16,
+        layers: 0,
+        reg: 1e-3,
+        lr: 1e-2,
+        augment: ddrm::backends::Augment::Ed,
+        drop_ratio: 0.1,
+        tau: 0.2,
+        ssl_weight: 0.1,
+        objective: Default::default(),
+    };
+    let mut cpu = Model::new(cfg.clone(), &ds, 3);
+    let start = cpu.ego.clone();
+    let mut dev = DeviceMf::new(&CpuOps, &Model::new(cfg, &ds, 3), ds.n_users(), 512).unwrap();
+    for epoch in 1..=2u64 {
+        let (la, _, na) = run_epoch(&mut cpu, &ds, 3, epoch, 512);
+        let (lb, nb) = dev.epoch(&ds, 3, epoch, 512).unwrap();
+        assert_eq!(na, nb);
+        assert_eq!(
+            la.to_bits(),
+            lb.to_bits(),
+            "epoch {epoch}: loss {la} vs {lb}"
+        );
+    }
+    let t = dev.table().unwrap();
+    assert_ne!(bits(&t), bits(&start), "the table trained");
+    assert_eq!(
+        bits(&t),
+        bits(&cpu.ego),
+        "device MF table differs from the CPU trainer's"
+    );
+}

@@ -278,3 +278,56 @@ fn ddrm_training_on_the_gpu_matches_the_cpu() {
         }
     }
 }
+
+/// MF-BPR on the GPU: two epochs against the CPU trainer's (same triplets); the tables
+/// apart only by rounding, and the same metrics.
+#[test]
+fn mf_training_on_the_gpu_matches_the_cpu() {
+    use ddrm::backends::mf_device::DeviceMf;
+    use ddrm::backends::trainer::run_epoch;
+    use ddrm::backends::{Augment, Backend, Model, ModelConfig};
+    let Some(Device::Cuda(gpu)) = gpu("mf_training_on_the_gpu_matches_the_cpu") else {
+        return;
+    };
+    let gpu: &cuda::Gpu = gpu;
+    let ds = dataset();
+    let cfg = ModelConfig {
+        backend: Backend::Mf,
+        dim: 32,
+        layers: 0,
+        reg: 1e-4,
+        lr: 1e-3,
+        augment: Augment::Ed,
+        drop_ratio: 0.1,
+        tau: 0.2,
+        ssl_weight: 0.1,
+        objective: Default::default(),
+    };
+    let mut cpu = Model::new(cfg.clone(), &ds, 2);
+    let mut dev = DeviceMf::new(gpu, &Model::new(cfg, &ds, 2), ds.n_users(), 2048).unwrap();
+    for epoch in 1..=2u64 {
+        let (la, _, _) = run_epoch(&mut cpu, &ds, 2, epoch, 2048);
+        let (lb, _) = dev.epoch(&ds, 2, epoch, 2048).unwrap();
+        assert!(
+            (la - lb).abs() <= 1e-4 * la.abs(),
+            "epoch {epoch}: loss cpu {la} gpu {lb}"
+        );
+    }
+    let t = dev.table().unwrap();
+    assert_close(&cpu.ego, &t, "MF table after two epochs");
+    let nu = ds.n_users();
+    let d = 32;
+    let a = evaluate_embeddings(
+        &ds,
+        Split::Test,
+        &cpu.ego[..nu * d],
+        &cpu.ego[nu * d..],
+        d,
+        &[20],
+    );
+    let b = evaluate_embeddings(&ds, Split::Test, &t[..nu * d], &t[nu * d..], d, &[20]);
+    assert!(
+        (a.recall(20) - b.recall(20)).abs() < 2e-3,
+        "cpu {a:?} gpu {b:?}"
+    );
+}

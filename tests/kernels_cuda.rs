@@ -390,3 +390,50 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, .. ProptestConfig::default() })]
+
+    /// MF-BPR's row gradients and lazy row Adam on the GPU against the CPU operations.
+    #[test]
+    fn mf_kernels_match_the_cpu_ops(nu in 1usize..40, ni in 1usize..40, d in 1usize..70, b in 1usize..200, seed in 0u64..1000, t in 1i32..20) {
+        use ddrm::device::ops::{plan_rows, AdamCoefs, CpuOps, Ops, RowPlan};
+        let Some(g) = gpu("mf_kernels_match_the_cpu_ops") else { return Ok(()); };
+        let mut r = Rng::new(seed);
+        let mut table = vec![0f32; (nu + ni) * d];
+        r.fill_normal(&mut table, 1.0);
+        let users: Vec<u32> = (0..b).map(|_| r.index(nu) as u32).collect();
+        let pos: Vec<u32> = (0..b).map(|_| (nu + r.index(ni)) as u32).collect();
+        let neg: Vec<u32> = (0..b).map(|_| (nu + r.index(ni)) as u32).collect();
+        let dp: Vec<f32> = (0..b).map(|_| r.uniform_f32() - 1.0).collect();
+        let dn: Vec<f32> = (0..b).map(|_| r.uniform_f32()).collect();
+        let (rows, start, entries) = plan_rows(&users, &pos, &neg);
+        let cplan = RowPlan { n_unique: rows.len(), rows: rows.clone(), start: start.clone(), entries: entries.clone() };
+        let mut want = vec![0f32; rows.len() * d];
+        CpuOps.mf_row_grads(&table, d, &cplan, [&users, &pos, &neg], &dp, &dn, 1e-3, &mut want).unwrap();
+        let gplan = RowPlan {
+            n_unique: rows.len(),
+            rows: Ops::upload_u32(g, &rows).unwrap(),
+            start: Ops::upload_u32(g, &start).unwrap(),
+            entries: Ops::upload_u32(g, &entries).unwrap(),
+        };
+        let gt = Ops::upload(g, &table).unwrap();
+        let gid: Vec<_> = [&users, &pos, &neg].iter().map(|v| Ops::upload_u32(g, v).unwrap()).collect();
+        let (gdp, gdn) = (Ops::upload(g, &dp).unwrap(), Ops::upload(g, &dn).unwrap());
+        let mut gg = Ops::zeros(g, rows.len() * d).unwrap();
+        Ops::mf_row_grads(g, &gt, d, &gplan, [&gid[0], &gid[1], &gid[2]], &gdp, &gdn, 1e-3, &mut gg).unwrap();
+        let got = Ops::read(g, &gg, rows.len() * d).unwrap();
+        // the same products and sums in the same order, unfused: the same bits
+        prop_assert_eq!(got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), want.iter().map(|v| v.to_bits()).collect::<Vec<_>>());
+        // lazy Adam on those rows
+        let c = AdamCoefs::at(1e-2, 0.9, 0.999, 1e-8, 1e-4, t);
+        let (mut ct, mut cm, mut cv) = (table.clone(), vec![0.01f32; table.len()], vec![0.02f32; table.len()]);
+        CpuOps.adam_rows(&mut ct, d, &cplan, &want, &mut cm, &mut cv, c).unwrap();
+        let (mut gtm, mut gm, mut gv) = (Ops::upload(g, &table).unwrap(), Ops::upload(g, &vec![0.01f32; table.len()]).unwrap(), Ops::upload(g, &vec![0.02f32; table.len()]).unwrap());
+        Ops::adam_rows(g, &mut gtm, d, &gplan, &gg, &mut gm, &mut gv, c).unwrap();
+        for (what, w, gb) in [("table", &ct, &gtm), ("m", &cm, &gm), ("v", &cv, &gv)] {
+            let got = Ops::read(g, gb, table.len()).unwrap();
+            for (a, x) in w.iter().zip(&got) { prop_assert!(close(*x, *a as f64, 1e-6, 1e-5), "{}: cpu {} gpu {}", what, a, x); }
+        }
+    }
+}

@@ -1,5 +1,6 @@
 //! Backend recommenders (MF-BPR, LightGCN, SGL): graph, sampler, model and training loop.
 pub mod graph;
+pub mod mf_device;
 pub mod mf_step;
 pub mod model;
 pub mod sampler;

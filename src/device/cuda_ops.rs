@@ -1,6 +1,6 @@
 //! [`Ops`] on a GPU: device buffers (`CudaSlice`) and the kernels of `kernels/`.
 
-use super::ops::{AdamCoefs, Draw, Ep, Ops};
+use super::ops::{AdamCoefs, Draw, Ep, Ops, RowPlan};
 use crate::kernels::cuda::{Gpu, GpuEpilogue};
 use anyhow::{anyhow, ensure, Result};
 use cudarc::driver::CudaSlice;
@@ -120,6 +120,52 @@ impl Ops for Gpu {
         c: AdamCoefs,
     ) -> Result<()> {
         self.adam_step(p, g, m, v, len, c)
+    }
+    fn row_dots(
+        &self,
+        a: &CudaSlice<f32>,
+        b: &CudaSlice<f32>,
+        n: usize,
+        d: usize,
+        out: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        Gpu::row_dots(self, a, b, n, d, out)
+    }
+    fn bpr(
+        &self,
+        sp: &CudaSlice<f32>,
+        sn: &CudaSlice<f32>,
+        n: usize,
+        loss: &mut CudaSlice<f32>,
+        dp: &mut CudaSlice<f32>,
+        dn: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        self.bpr_loss(sp, sn, None, 1.0 / n.max(1) as f32, n, loss, dp, dn)
+    }
+    fn mf_row_grads(
+        &self,
+        table: &CudaSlice<f32>,
+        d: usize,
+        plan: &RowPlan<CudaSlice<u32>>,
+        trip: [&CudaSlice<u32>; 3],
+        dp: &CudaSlice<f32>,
+        dn: &CudaSlice<f32>,
+        rc: f32,
+        out: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        Gpu::mf_row_grads(self, table, d, plan, trip, dp, dn, rc, out)
+    }
+    fn adam_rows(
+        &self,
+        table: &mut CudaSlice<f32>,
+        d: usize,
+        plan: &RowPlan<CudaSlice<u32>>,
+        grads: &CudaSlice<f32>,
+        m: &mut CudaSlice<f32>,
+        v: &mut CudaSlice<f32>,
+        c: AdamCoefs,
+    ) -> Result<()> {
+        Gpu::adam_rows(self, table, d, plan, grads, m, v, c)
     }
     fn draw(&self, seed: u64, what: Draw, n: usize, out: &mut CudaSlice<f32>) -> Result<()> {
         let keep = match what {

@@ -161,6 +161,87 @@ pub trait Ops {
     /// Elements `0..n` of the counter-based stream `seed` (the same numbers on every
     /// device, up to the last bit of `ln` / `cos`) into the front of `out`.
     fn draw(&self, seed: u64, what: Draw, n: usize, out: &mut Self::F) -> Result<()>;
+    /// `out[r] = a[r,:] · b[r,:]` for `n` rows of width `d`.
+    fn row_dots(
+        &self,
+        a: &Self::F,
+        b: &Self::F,
+        n: usize,
+        d: usize,
+        out: &mut Self::F,
+    ) -> Result<()>;
+    /// BPR of `n` triplets: `loss[r] = softplus(sn − sp)`, `dp = −σ(sn − sp) / n`, `dn = −dp`.
+    fn bpr(
+        &self,
+        sp: &Self::F,
+        sn: &Self::F,
+        n: usize,
+        loss: &mut Self::F,
+        dp: &mut Self::F,
+        dn: &mut Self::F,
+    ) -> Result<()>;
+    /// MF-BPR's gradient of each distinct row a batch touches, in the order of `plan`
+    /// (see `kernels/elementwise.cu`, `mf_row_grads`), into `out` (`plan.len() x d`).
+    #[allow(clippy::too_many_arguments)]
+    fn mf_row_grads(
+        &self,
+        table: &Self::F,
+        d: usize,
+        plan: &RowPlan<Self::U>,
+        trip: [&Self::U; 3],
+        dp: &Self::F,
+        dn: &Self::F,
+        rc: f32,
+        out: &mut Self::F,
+    ) -> Result<()>;
+    /// Lazy Adam on the distinct rows of `plan`: row `plan.rows[s]` of `table` (and of the
+    /// moments `m`, `v`) with the gradient row `s` of `grads`.
+    #[allow(clippy::too_many_arguments)]
+    fn adam_rows(
+        &self,
+        table: &mut Self::F,
+        d: usize,
+        plan: &RowPlan<Self::U>,
+        grads: &Self::F,
+        m: &mut Self::F,
+        v: &mut Self::F,
+        c: AdamCoefs,
+    ) -> Result<()>;
+}
+
+/// A batch's distinct rows, sorted, with the (triplet, role) entries of each in triplet
+/// order (role 0 user, 1 positive, 2 negative; entry `k << 2 | role`), on a device.
+pub struct RowPlan<U> {
+    /// Number of distinct rows.
+    pub n_unique: usize,
+    /// The distinct rows, ascending.
+    pub rows: U,
+    /// `start[s]..start[s + 1]`: the entries of row `s`.
+    pub start: U,
+    /// The entries.
+    pub entries: U,
+}
+
+/// The host side of a [`RowPlan`]: `(rows, start, entries)` for triplets `(users, pos, neg)`
+/// of table rows; within a row the entries keep triplet order, a positive before a negative.
+pub fn plan_rows(users: &[u32], pos: &[u32], neg: &[u32]) -> (Vec<u32>, Vec<u32>, Vec<u32>) {
+    let mut all: Vec<(u32, u32)> = Vec::with_capacity(3 * users.len());
+    for k in 0..users.len() {
+        for (role, r) in [users[k], pos[k], neg[k]].into_iter().enumerate() {
+            all.push((r, (k as u32) << 2 | role as u32));
+        }
+    }
+    // stable: entries of one row stay in triplet order, user / positive / negative
+    all.sort_by_key(|&(r, _)| r);
+    let (mut rows, mut start) = (Vec::new(), Vec::new());
+    for (p, &(r, _)) in all.iter().enumerate() {
+        if rows.last() != Some(&r) {
+            rows.push(r);
+            start.push(p as u32);
+        }
+    }
+    start.push(all.len() as u32);
+    (rows, start, all.into_iter().map(|(_, e)| e).collect())
 }
 
 /// The CPU: `Vec` buffers, the SIMD kernels.
@@ -366,6 +447,111 @@ impl Ops for CpuOps {
             m[k] = c.b1 * m[k] + (1.0 - c.b1) * gk;
             v[k] = c.b2 * v[k] + (1.0 - c.b2) * (gk * gk);
             p[k] -= c.step * m[k] / ((v[k] * c.inv_bc2).sqrt() + c.eps);
+        }
+        Ok(())
+    }
+    fn row_dots(
+        &self,
+        a: &Vec<f32>,
+        b: &Vec<f32>,
+        n: usize,
+        d: usize,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
+        fits("row_dots: out", out.len(), n)?;
+        fits("row_dots: a", a.len(), n * d)?;
+        fits("row_dots: b", b.len(), n * d)?;
+        for r in 0..n {
+            out[r] = crate::kernels::cpu::elementwise::dot(
+                &a[r * d..(r + 1) * d],
+                &b[r * d..(r + 1) * d],
+            );
+        }
+        Ok(())
+    }
+    fn bpr(
+        &self,
+        sp: &Vec<f32>,
+        sn: &Vec<f32>,
+        n: usize,
+        loss: &mut Vec<f32>,
+        dp: &mut Vec<f32>,
+        dn: &mut Vec<f32>,
+    ) -> Result<()> {
+        for (what, len) in [
+            ("sp", sp.len()),
+            ("sn", sn.len()),
+            ("loss", loss.len()),
+            ("dp", dp.len()),
+            ("dn", dn.len()),
+        ] {
+            fits(&format!("bpr: {what}"), len, n)?;
+        }
+        for r in 0..n {
+            let z = sn[r] - sp[r];
+            loss[r] = softplus(z);
+            let g = sigmoid(z) / n as f32;
+            dp[r] = -g;
+            dn[r] = g;
+        }
+        Ok(())
+    }
+    fn mf_row_grads(
+        &self,
+        table: &Vec<f32>,
+        d: usize,
+        plan: &RowPlan<Vec<u32>>,
+        trip: [&Vec<u32>; 3],
+        dp: &Vec<f32>,
+        dn: &Vec<f32>,
+        rc: f32,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
+        fits("mf_row_grads: out", out.len(), plan.n_unique * d)?;
+        let [users, pos, neg] = trip;
+        let row = |r: u32| &table[r as usize * d..(r as usize + 1) * d];
+        for s in 0..plan.n_unique {
+            let own = row(plan.rows[s]);
+            let acc = &mut out[s * d..(s + 1) * d];
+            acc.iter_mut().for_each(|v| *v = 0.0);
+            for &e in &plan.entries[plan.start[s] as usize..plan.start[s + 1] as usize] {
+                let k = (e >> 2) as usize;
+                for c in 0..d {
+                    let term = match e & 3 {
+                        0 => dp[k] * row(pos[k])[c] + dn[k] * row(neg[k])[c],
+                        1 => dp[k] * row(users[k])[c],
+                        _ => dn[k] * row(users[k])[c],
+                    };
+                    acc[c] += term + rc * own[c];
+                }
+            }
+        }
+        Ok(())
+    }
+    fn adam_rows(
+        &self,
+        table: &mut Vec<f32>,
+        d: usize,
+        plan: &RowPlan<Vec<u32>>,
+        grads: &Vec<f32>,
+        m: &mut Vec<f32>,
+        v: &mut Vec<f32>,
+        c: AdamCoefs,
+    ) -> Result<()> {
+        fits("adam_rows: grads", grads.len(), plan.n_unique * d)?;
+        for s in 0..plan.n_unique {
+            let r = plan.rows[s] as usize;
+            ensure!(
+                (r + 1) * d <= table.len(),
+                "adam_rows: row {r} out of range"
+            );
+            for j in 0..d {
+                let (i, g) = (r * d + j, grads[s * d + j]);
+                let gk = g + c.wd * table[i];
+                m[i] = c.b1 * m[i] + (1.0 - c.b1) * gk;
+                v[i] = c.b2 * v[i] + (1.0 - c.b2) * (gk * gk);
+                table[i] -= c.step * m[i] / ((v[i] * c.inv_bc2).sqrt() + c.eps);
+            }
         }
         Ok(())
     }

@@ -549,6 +549,88 @@ impl Gpu {
         Ok(())
     }
 
+    /// MF-BPR's row gradients (`mf_row_grads` in `kernels/elementwise.cu`) for the rows of
+    /// `plan`; `trip` holds the batch's table rows (users, positives, negatives).
+    #[allow(clippy::too_many_arguments)]
+    pub fn mf_row_grads(
+        &self,
+        table: &CudaSlice<f32>,
+        d: usize,
+        plan: &crate::device::ops::RowPlan<CudaSlice<u32>>,
+        trip: [&CudaSlice<u32>; 3],
+        dp: &CudaSlice<f32>,
+        dn: &CudaSlice<f32>,
+        rc: f32,
+        out: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        ensure!(
+            out.len() >= plan.n_unique * d,
+            "mf_row_grads: output shorter than rows x d"
+        );
+        if plan.n_unique == 0 || d == 0 {
+            return Ok(());
+        }
+        let (nu, di) = (int(plan.n_unique, "rows")?, int(d, "d")?);
+        let [u, p, n] = trip;
+        let mut l = self.stream().launch_builder(self.func("mf_row_grads"));
+        l.arg(&nu)
+            .arg(&di)
+            .arg(&plan.rows)
+            .arg(&plan.start)
+            .arg(&plan.entries);
+        l.arg(u)
+            .arg(p)
+            .arg(n)
+            .arg(dp)
+            .arg(dn)
+            .arg(&rc)
+            .arg(table)
+            .arg(out);
+        // SAFETY: matches mf_row_grads's signature; the plan and ids come from the host's
+        // checked batch.
+        unsafe { l.launch(blocks(plan.n_unique * 32, 256)) }.map_err(drv)?;
+        Ok(())
+    }
+
+    /// Lazy Adam on the rows of `plan` (`adam_rows` in `kernels/optim.cu`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn adam_rows(
+        &self,
+        table: &mut CudaSlice<f32>,
+        d: usize,
+        plan: &crate::device::ops::RowPlan<CudaSlice<u32>>,
+        grads: &CudaSlice<f32>,
+        m: &mut CudaSlice<f32>,
+        v: &mut CudaSlice<f32>,
+        c: AdamCoefs,
+    ) -> Result<()> {
+        ensure!(
+            grads.len() >= plan.n_unique * d && m.len() >= table.len() && v.len() >= table.len(),
+            "adam_rows: buffer sizes"
+        );
+        if plan.n_unique == 0 || d == 0 {
+            return Ok(());
+        }
+        let (nu, di) = (int(plan.n_unique, "rows")?, int(d, "d")?);
+        let mut l = self.stream().launch_builder(self.func("adam_rows"));
+        l.arg(&nu)
+            .arg(&di)
+            .arg(&plan.rows)
+            .arg(table)
+            .arg(grads)
+            .arg(m)
+            .arg(v);
+        l.arg(&c.b1)
+            .arg(&c.b2)
+            .arg(&c.step)
+            .arg(&c.inv_bc2)
+            .arg(&c.eps)
+            .arg(&c.wd);
+        // SAFETY: matches adam_rows's signature; the rows are distinct and in range (host).
+        unsafe { l.launch(blocks(plan.n_unique * d, 256)) }.map_err(drv)?;
+        Ok(())
+    }
+
     /// Elements `0..n` of the counter-based stream `seed` (`counter_fill`): standard normals,
     /// or with `keep`, an inverted-dropout mask (`1 / keep` with probability `keep`, else 0).
     pub fn counter_fill(

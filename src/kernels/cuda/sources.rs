@@ -33,12 +33,13 @@ pub const SOURCES: &[(&str, &str, &[&str])] = &[
             "bpr_loss",
             "gather_rows",
             "scatter_add_rows",
+            "mf_row_grads",
         ],
     ),
     (
         "optim",
         include_str!("../../../kernels/optim.cu"),
-        &["adam_step"],
+        &["adam_step", "adam_rows"],
     ),
     (
         "diffusion",
