@@ -158,15 +158,15 @@ fn backends_and_ddrm_train_evaluate_and_recommend() {
     ]))
     .unwrap();
     assert_eq!(on_cpu, ev);
-    // training on a GPU: DDRM only; without one, the reason
+    // training on a GPU: MF-BPR and DDRM; the other models say so; without a GPU, the reason
     let (code, _, err) = ddrm(&[
         "train",
         "--model",
-        "mf",
+        "lightgcn",
         "--dataset",
         &ds,
         "--out",
-        &run("mf-gpu"),
+        &run("lgn-gpu"),
         "--device",
         "cuda",
     ]);
@@ -174,6 +174,46 @@ fn backends_and_ddrm_train_evaluate_and_recommend() {
         code != 0 && err.contains("the other models train on the CPU only"),
         "{err}"
     );
+    assert!(
+        !Path::new(&run("lgn-gpu")).exists(),
+        "a refused run leaves nothing behind"
+    );
+    let mf_gpu = run("mf-gpu");
+    let (code, _, err) = ddrm(&[
+        "-q",
+        "train",
+        "--model",
+        "mf",
+        "--dataset",
+        &ds,
+        "--out",
+        &mf_gpu,
+        "--epochs",
+        "3",
+        "--eval-every",
+        "1",
+        "--device",
+        "cuda",
+    ]);
+    assert!(!err.contains("panicked"), "{err}");
+    if code == 0 {
+        assert!(
+            test_metrics(Path::new(&mf_gpu))["at"][1]["recall"]
+                .as_f64()
+                .unwrap()
+                > 0.0
+        );
+    } else {
+        assert!(
+            !Path::new(&mf_gpu).exists(),
+            "a run refused for want of a GPU leaves nothing behind"
+        );
+        if cfg!(feature = "cuda") {
+            assert!(err.contains("--device cuda:"), "{err}");
+        } else {
+            assert!(err.contains("built without the `cuda` feature"), "{err}");
+        }
+    }
     let dd_gpu = run("mf-ddrm-gpu");
     let (code, _, err) = ddrm(&[
         "-q",

@@ -88,11 +88,100 @@ pub fn train(
     ds: &Dataset,
     cfg: &TrainConfig,
     quiet: bool,
-    mut on_record: impl FnMut(&EpochRecord),
+    on_record: impl FnMut(&EpochRecord),
 ) -> TrainOutcome {
+    let model = Model::new(cfg.model.clone(), ds, cfg.seed);
     let d = cfg.model.dim;
-    let nu = ds.n_users();
-    let mut model = Model::new(cfg.model.clone(), ds, cfg.seed);
+    let run = train_with(
+        cfg,
+        model,
+        quiet,
+        on_record,
+        |model, epoch| {
+            Ok::<_, std::convert::Infallible>(run_epoch(model, ds, cfg.seed, epoch, cfg.batch))
+        },
+        |fin, split| {
+            let nu = ds.n_users();
+            Ok(evaluate_embeddings(
+                ds,
+                split,
+                &fin[..nu * d],
+                &fin[nu * d..],
+                d,
+                &cfg.ks,
+            ))
+        },
+    );
+    match run {
+        Ok(out) => out,
+        Err(never) => match never {},
+    }
+}
+
+/// [`train`] on `device`. On a GPU, MF-BPR trains there ([`super::mf_device`]) and the
+/// validation and test rankings run there; the other backends train on the CPU only.
+pub fn train_on(
+    ds: &Dataset,
+    cfg: &TrainConfig,
+    device: &crate::device::Device,
+    quiet: bool,
+    on_record: impl FnMut(&EpochRecord),
+) -> anyhow::Result<TrainOutcome> {
+    match device {
+        crate::device::Device::Cpu => Ok(train(ds, cfg, quiet, on_record)),
+        #[cfg(feature = "cuda")]
+        crate::device::Device::Cuda(gpu) => {
+            let model = Model::new(cfg.model.clone(), ds, cfg.seed);
+            let mut dev = super::mf_device::DeviceMf::new(&**gpu, &model, ds.n_users(), cfg.batch)?;
+            let d = cfg.model.dim;
+            train_with(
+                cfg,
+                model,
+                quiet,
+                on_record,
+                |model, epoch| {
+                    let (lsum, nb) = dev.epoch(ds, cfg.seed, epoch, cfg.batch)?;
+                    model.ego = dev.table()?;
+                    Ok((lsum, 0.0, nb))
+                },
+                |fin, split| {
+                    let nu = ds.n_users();
+                    let users = crate::eval::eval_users(ds, split);
+                    let mut q = vec![0f32; users.len() * d];
+                    crate::kernels::cpu::elementwise::gather_rows(
+                        &fin[..nu * d],
+                        d,
+                        &users,
+                        &mut q,
+                    );
+                    crate::eval::evaluate_queries_on(
+                        device,
+                        ds,
+                        split,
+                        &users,
+                        &q,
+                        &fin[nu * d..],
+                        d,
+                        &cfg.ks,
+                    )
+                },
+            )
+        }
+    }
+}
+
+/// The training loop: epochs by `epoch(model, epoch)` (summed BPR and SSL losses, batches),
+/// validation every `cfg.eval_every` epochs by `eval(final embeddings, split)`, early
+/// stopping on valid Recall@20, the best epoch's weights, the test.
+#[allow(clippy::too_many_arguments)]
+fn train_with<E>(
+    cfg: &TrainConfig,
+    mut model: Model,
+    quiet: bool,
+    mut on_record: impl FnMut(&EpochRecord),
+    mut epoch_fn: impl FnMut(&mut Model, u64) -> Result<(f64, f64, usize), E>,
+    mut eval: impl FnMut(&[f32], Split) -> Result<Metrics, E>,
+) -> Result<TrainOutcome, E> {
     let mut stop = EarlyStop::new(cfg.patience);
     let mut history = Vec::new();
     let mut train_time = 0f64;
@@ -100,7 +189,7 @@ pub fn train(
     let bar = progress::bar(cfg.epochs as u64, cfg.model.backend.label(), quiet);
     for epoch in 1..=cfg.epochs {
         let t0 = Instant::now();
-        let (lsum, ssum, nb) = run_epoch(&mut model, ds, cfg.seed, epoch as u64, cfg.batch);
+        let (lsum, ssum, nb) = epoch_fn(&mut model, epoch as u64)?;
         let secs = t0.elapsed().as_secs_f64();
         train_time += secs;
         epochs_run += 1;
@@ -109,8 +198,7 @@ pub fn train(
         bar.set_prefix(format!("loss {:.4} {:.1}s/epoch", lsum / nbf, secs));
         if epoch % cfg.eval_every.max(1) == 0 || epoch == cfg.epochs {
             let fin = model.final_embeddings();
-            let valid =
-                evaluate_embeddings(ds, Split::Valid, &fin[..nu * d], &fin[nu * d..], d, &cfg.ks);
+            let valid = eval(&fin, Split::Valid)?;
             let rec = EpochRecord {
                 epoch,
                 loss: lsum / nbf,
@@ -129,8 +217,8 @@ pub fn train(
     let (best_epoch, best_valid, ego) = stop.into_best().expect("at least one validation runs");
     model.ego = ego;
     let fin = model.final_embeddings();
-    let test = evaluate_embeddings(ds, Split::Test, &fin[..nu * d], &fin[nu * d..], d, &cfg.ks);
-    TrainOutcome {
+    let test = eval(&fin, Split::Test)?;
+    Ok(TrainOutcome {
         best_epoch,
         best_valid,
         test,
@@ -138,5 +226,5 @@ pub fn train(
         model,
         final_emb: fin,
         epoch_seconds: train_time / epochs_run.max(1) as f64,
-    }
+    })
 }

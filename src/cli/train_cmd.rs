@@ -2,7 +2,7 @@
 
 use super::run_dir::{RunConfig, RunDir, RunResult};
 use super::table::render;
-use crate::backends::trainer::{train, TrainConfig};
+use crate::backends::trainer::TrainConfig;
 use crate::backends::{Augment, Backend, ModelConfig};
 use crate::data::Split;
 use crate::denoising::Objective;
@@ -314,13 +314,17 @@ pub fn print_metrics(title: &str, m: &Metrics, json: bool) -> Result<()> {
 /// Train a backend (or DDRM with `--denoise ddrm --from RUN`) into a run directory.
 pub fn run_train(a: &TrainArgs, quiet: bool) -> Result<RunResult> {
     let on_cpu = crate::device::parse_spec(&a.device)?.is_none();
-    if !on_cpu && a.denoise != Some(Denoise::Ddrm) {
+    let gpu_model =
+        a.denoise == Some(Denoise::Ddrm) || (a.denoise.is_none() && a.model == Some(ModelName::Mf));
+    if !on_cpu && !gpu_model {
         bail!(
-            "--device {}: on a GPU, `ddrm train` trains DDRM (--denoise ddrm --from RUN); the \
-             other models train on the CPU only so far",
+            "--device {}: on a GPU, `ddrm train` trains MF-BPR (--model mf) and DDRM \
+             (--denoise ddrm --from RUN); the other models train on the CPU only so far",
             a.device
         );
     }
+    // opened before anything is written: a missing GPU leaves no half-made run behind
+    let device = Device::open(&a.device)?;
     if a.denoise == Some(Denoise::Ddrm) {
         check_args(a)?;
         let Some(from) = a.ddrm.from.clone() else {
@@ -336,7 +340,6 @@ pub fn run_train(a: &TrainArgs, quiet: bool) -> Result<RunResult> {
             a.seed,
             &a.k,
         )?;
-        let device = Device::open(&a.device)?;
         return crate::cli::ddrm_cmd::run_train_ddrm(cfg, &from, &a.out, &device, quiet);
     }
     if let Some(
@@ -378,7 +381,7 @@ pub fn run_train(a: &TrainArgs, quiet: bool) -> Result<RunResult> {
     };
     rd.write_json("config.json", &rc)?;
     let mut log_err: Option<anyhow::Error> = None;
-    let out = train(&ds, &cfg, quiet, |rec| {
+    let out = crate::backends::trainer::train_on(&ds, &cfg, &device, quiet, |rec| {
         if let Err(e) = rd.append_metrics(rec) {
             log_err.get_or_insert(e);
         }
@@ -392,7 +395,7 @@ pub fn run_train(a: &TrainArgs, quiet: bool) -> Result<RunResult> {
                 rec.train_seconds
             );
         }
-    });
+    })?;
     if let Some(e) = log_err {
         return Err(e.context("writing metrics.jsonl"));
     }
