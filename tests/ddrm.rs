@@ -641,3 +641,36 @@ fn counter_streams_have_the_right_moments_and_prefixes() {
     assert!(m.iter().all(|&v| v == 0.0 || (v - 1.0 / 0.3).abs() < 1e-6));
     assert!(CpuOps.draw(7, Draw::Keep(0.0), 10, &mut m).is_err());
 }
+
+/// The options the device trainer does not cover are named before anything runs.
+#[test]
+fn device_training_names_what_it_does_not_cover() {
+    use ddrm::diffusion::ddrm::Arch;
+    use ddrm::diffusion::ddrm_device::check_supported;
+    let cfg = |args: DdrmArgs| ddrm_config(&args, None, None, Some(1), 1, 1, 1, &[20]).unwrap();
+    assert!(check_supported(&cfg(DdrmArgs::default())).is_ok());
+    let joint = cfg(DdrmArgs {
+        joint: true,
+        ..Default::default()
+    });
+    assert!(check_supported(&joint)
+        .unwrap_err()
+        .to_string()
+        .contains("--joint"));
+    let dynamic = cfg(DdrmArgs {
+        dynamic_noise: true,
+        ..Default::default()
+    });
+    assert!(check_supported(&dynamic)
+        .unwrap_err()
+        .to_string()
+        .contains("--dynamic-noise"));
+    let tr = cfg(DdrmArgs {
+        arch: Some(Arch::Transformer),
+        ..Default::default()
+    });
+    assert!(check_supported(&tr)
+        .unwrap_err()
+        .to_string()
+        .contains("Transformer"));
+}

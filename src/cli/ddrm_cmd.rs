@@ -330,6 +330,10 @@ pub fn run_train_ddrm(
     quiet: bool,
 ) -> Result<RunResult> {
     let t0 = Instant::now();
+    if !device.is_cpu() {
+        // refused before anything is written
+        crate::diffusion::ddrm_device::check_supported(&cfg)?;
+    }
     let (brc, ds, emb) = backend_embeddings(from, cfg.propagate)?;
     let d = brc.dim;
     let mut model = Ddrm::new(cfg.clone(), emb, ds.n_users(), d)?;

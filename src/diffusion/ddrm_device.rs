@@ -35,6 +35,24 @@ const W_S: usize = 3;
 const W_C: usize = 4;
 const B_0: usize = 5;
 
+/// Why a configuration cannot train on a device, or `Ok` when it can (checked before a run
+/// writes anything).
+pub fn check_supported(cfg: &super::ddrm::DdrmConfig) -> Result<()> {
+    ensure!(
+        !cfg.joint,
+        "DDRM training on a device keeps the backend frozen; --joint trains on the CPU (--device cpu)"
+    );
+    ensure!(
+        !cfg.dynamic_noise,
+        "DDRM training on a device does not cover --dynamic-noise (it trains on the CPU: --device cpu)"
+    );
+    ensure!(
+        cfg.arch == super::ddrm::Arch::Mlp,
+        "DDRM training on a device covers the MLP denoiser; the Transformer denoiser trains on the CPU (--device cpu)"
+    );
+    Ok(())
+}
+
 /// Where a device epoch draws its Gaussian noise and dropout masks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum NoiseSource {
@@ -374,13 +392,10 @@ impl<'o, O: Ops> DeviceDdrm<'o, O> {
     /// batches of up to `cap` samples.
     pub fn new(ops: &'o O, model: &Ddrm, cap: usize) -> Result<Self> {
         let cfg = &model.cfg;
+        check_supported(cfg)?;
         ensure!(
             model.joint.is_none(),
             "DDRM training on a device keeps the backend frozen; --joint trains on the CPU"
-        );
-        ensure!(
-            !cfg.dynamic_noise,
-            "DDRM training on a device does not cover --dynamic-noise (it trains on the CPU)"
         );
         let cap = cap.max(1);
         let (d, sd, t) = (model.d, model.item_dn.step_dim, cfg.steps);
