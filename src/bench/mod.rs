@@ -700,6 +700,22 @@ pub fn epoch(ctx: &Ctx, ds: &Dataset, models: &[String]) -> Result<Vec<Row>> {
 /// 138-1000-100-1000-64, batch 2048) over random embeddings; with `write`, the data the
 /// PyTorch reference reads (`ddrm_epoch` in `benches/reference.py`) goes into `dir`.
 pub(crate) fn ddrm_epoch_model(ds: &Dataset, dir: &Path, write: bool) -> Result<Ddrm> {
+    let m = authors_mf_model(ds, 1000, &[20])?;
+    if write {
+        write_raw(dir, "emb.bin", &m.emb)?;
+        write_epoch_data(
+            dir,
+            ds,
+            None,
+            serde_json::json!({ "d": m.d, "ddrm": m.cfg }),
+        )?;
+    }
+    Ok(m)
+}
+
+/// The benchmarks' DDRM: the authors' MF recipe (one epoch, validation every `eval_every`,
+/// cut-offs `ks`) over random embeddings of width 64 (seed 5, std 0.3).
+fn authors_mf_model(ds: &Dataset, eval_every: usize, ks: &[usize]) -> Result<Ddrm> {
     let cfg = crate::cli::ddrm_cmd::ddrm_config(
         &crate::cli::ddrm_cmd::DdrmArgs {
             preset: Some(crate::cli::ddrm_cmd::Preset::AuthorsMf),
@@ -708,18 +724,14 @@ pub(crate) fn ddrm_epoch_model(ds: &Dataset, dir: &Path, write: bool) -> Result<
         None,
         None,
         Some(1),
-        1000,
+        eval_every,
         1,
         1,
-        &[20],
+        ks,
     )?;
     let d = 64;
     let mut emb = vec![0f32; (ds.n_users() + ds.n_items()) * d];
     Rng::new(5).fill_normal(&mut emb, 0.3);
-    if write {
-        write_raw(dir, "emb.bin", &emb)?;
-        write_epoch_data(dir, ds, None, serde_json::json!({ "d": d, "ddrm": cfg }))?;
-    }
     Ddrm::new(cfg, emb, ds.n_users(), d)
 }
 
@@ -738,23 +750,7 @@ pub fn eval(ctx: &Ctx, ds: &Dataset) -> Result<Vec<Row>> {
 /// The DDRM of the "DDRM inference + evaluation" rows: the authors' MF recipe (MLP
 /// 138-1000-100-1000-64, T' = 20) over random embeddings, and its shape label.
 pub(crate) fn eval_ddrm(ds: &Dataset) -> Result<(Ddrm, String)> {
-    let cfg = crate::cli::ddrm_cmd::ddrm_config(
-        &crate::cli::ddrm_cmd::DdrmArgs {
-            preset: Some(crate::cli::ddrm_cmd::Preset::AuthorsMf),
-            ..Default::default()
-        },
-        None,
-        None,
-        Some(1),
-        1,
-        1,
-        1,
-        &[10, 20],
-    )?;
-    let d = 64;
-    let mut emb = vec![0f32; (ds.n_users() + ds.n_items()) * d];
-    Rng::new(5).fill_normal(&mut emb, 0.3);
-    let m = Ddrm::new(cfg, emb, ds.n_users(), d)?;
+    let m = authors_mf_model(ds, 1, &[10, 20])?;
     let nu = crate::eval::eval_users(ds, Split::Test).len();
     let shape = format!("{nu} users, T'=20, 138-1000-100-1000-64");
     Ok((m, shape))
