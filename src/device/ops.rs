@@ -443,10 +443,7 @@ impl Ops for CpuOps {
             fits(&format!("adam: {what}"), l, len)?;
         }
         for k in 0..len {
-            let gk = g[k] + c.wd * p[k];
-            m[k] = c.b1 * m[k] + (1.0 - c.b1) * gk;
-            v[k] = c.b2 * v[k] + (1.0 - c.b2) * (gk * gk);
-            p[k] -= c.step * m[k] / ((v[k] * c.inv_bc2).sqrt() + c.eps);
+            adam_elem(&c, &mut p[k], g[k], &mut m[k], &mut v[k]);
         }
         Ok(())
     }
@@ -546,11 +543,8 @@ impl Ops for CpuOps {
                 "adam_rows: row {r} out of range"
             );
             for j in 0..d {
-                let (i, g) = (r * d + j, grads[s * d + j]);
-                let gk = g + c.wd * table[i];
-                m[i] = c.b1 * m[i] + (1.0 - c.b1) * gk;
-                v[i] = c.b2 * v[i] + (1.0 - c.b2) * (gk * gk);
-                table[i] -= c.step * m[i] / ((v[i] * c.inv_bc2).sqrt() + c.eps);
+                let i = r * d + j;
+                adam_elem(&c, &mut table[i], grads[s * d + j], &mut m[i], &mut v[i]);
             }
         }
         Ok(())
@@ -588,6 +582,15 @@ impl CpuOps {
                 }
             });
     }
+}
+
+/// One Adam update of one parameter (the formula of [`AdamCoefs`], as `kernels/optim.cu`).
+#[inline]
+fn adam_elem(c: &AdamCoefs, p: &mut f32, g: f32, m: &mut f32, v: &mut f32) {
+    let gk = g + c.wd * *p;
+    *m = c.b1 * *m + (1.0 - c.b1) * gk;
+    *v = c.b2 * *v + (1.0 - c.b2) * (gk * gk);
+    *p -= c.step * *m / ((*v * c.inv_bc2).sqrt() + c.eps);
 }
 
 /// The reweighting σ(s)^γ of a row (γ = 0: 1).
