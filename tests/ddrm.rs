@@ -674,3 +674,99 @@ fn device_training_names_what_it_does_not_cover() {
         .to_string()
         .contains("Transformer"));
 }
+
+/// DDRM inference through the device operations (on the CPU's): the same queries as
+/// `Ddrm::infer` up to rounding (the first layer is summed in three parts), in every
+/// inference variant, with T' > T and more users than one chunk; the Transformer is refused.
+#[test]
+fn device_inference_gives_the_cpu_queries() {
+    use ddrm::data::synth::{generate, SynthConfig};
+    use ddrm::device::ops::CpuOps;
+    use ddrm::diffusion::ddrm::Arch;
+    use ddrm::diffusion::Inference;
+    let parts = generate(&SynthConfig {
+        users: 2300,
+        items: 300,
+        interactions: 20_000,
+        item_exponent: 0.9,
+        user_exponent: 0.6,
+        seed: 12,
+    })
+    .unwrap();
+    let ds = ddrm::data::Dataset::from_parts(&parts).unwrap();
+    let d = 8;
+    let mut emb = vec![0f32; (ds.n_users() + ds.n_items()) * d];
+    Rng::new(4).fill_normal(&mut emb, 0.5);
+    let users: Vec<u32> = (0..ds.n_users() as u32).collect();
+    let base = || DdrmArgs {
+        hidden: Some(vec![24, 6, 24]),
+        steps: Some(5),
+        inference_steps: Some(7),
+        noise_scale: Some(0.1),
+        noise_min: Some(0.1),
+        noise_max: Some(0.5),
+        ..Default::default()
+    };
+    let variants = [
+        ("posterior mean", base()),
+        (
+            "sampling",
+            DdrmArgs {
+                sample: true,
+                ..base()
+            },
+        ),
+        (
+            "dynamic noise",
+            DdrmArgs {
+                dynamic_noise: true,
+                ..base()
+            },
+        ),
+        (
+            "pure noise",
+            DdrmArgs {
+                inference: Some(Inference::Noise),
+                ..base()
+            },
+        ),
+    ];
+    for (what, args) in variants {
+        let cfg = ddrm_config(&args, None, None, Some(1), 1, 1, 3, &[20]).unwrap();
+        let m = Ddrm::new(cfg, emb.clone(), ds.n_users(), d).unwrap();
+        let cpu = m.infer(&ds, &users, 9);
+        let dev = m.infer_with(&CpuOps, &ds, &users, 9).unwrap();
+        let worst = cpu
+            .iter()
+            .zip(&dev)
+            .map(|(a, b)| (a - b).abs() / (1e-3 + a.abs()))
+            .fold(0f32, f32::max);
+        assert!(worst < 1e-3, "{what}: worst relative difference {worst}");
+        assert_ne!(cpu, vec![0f32; cpu.len()]);
+    }
+    let cfg = ddrm_config(
+        &DdrmArgs {
+            arch: Some(Arch::Transformer),
+            hidden: Some(vec![16]),
+            steps: Some(3),
+            ..Default::default()
+        },
+        None,
+        None,
+        Some(1),
+        1,
+        1,
+        3,
+        &[20],
+    )
+    .unwrap();
+    let m = Ddrm::new(cfg, emb.clone(), ds.n_users(), d).unwrap();
+    let e = m
+        .infer_with(&CpuOps, &ds, &[0, 1], 1)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("Transformer") && e.contains("--device cpu"),
+        "{e}"
+    );
+}

@@ -64,7 +64,7 @@ fn assert_close(cpu: &[f32], gpu: &[f32], what: &str) {
         .zip(gpu)
         .map(|(a, b)| ((a - b).abs() / (1e-3 + a.abs())) as f64)
         .fold(0.0, f64::max);
-    assert!(worst < 1e-3, "{what}: worst relative difference {worst}");
+    assert!(worst < 5e-3, "{what}: worst relative difference {worst}");
 }
 
 #[test]

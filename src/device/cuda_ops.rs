@@ -167,6 +167,17 @@ impl Ops for Gpu {
     ) -> Result<()> {
         Gpu::adam_rows(self, table, d, plan, grads, m, v, c)
     }
+    fn posterior_step(
+        &self,
+        c1: f32,
+        c2: f32,
+        x0_hat: &CudaSlice<f32>,
+        x: &mut CudaSlice<f32>,
+        noise: Option<(f32, &CudaSlice<f32>)>,
+        len: usize,
+    ) -> Result<()> {
+        Gpu::posterior_step(self, c1, c2, x0_hat, x, noise, len)
+    }
     fn draw(&self, seed: u64, what: Draw, n: usize, out: &mut CudaSlice<f32>) -> Result<()> {
         let keep = match what {
             Draw::Normal => None,

@@ -161,6 +161,17 @@ pub trait Ops {
     /// Elements `0..n` of the counter-based stream `seed` (the same numbers on every
     /// device, up to the last bit of `ln` / `cos`) into the front of `out`.
     fn draw(&self, seed: u64, what: Draw, n: usize, out: &mut Self::F) -> Result<()>;
+    /// One reverse diffusion step on `len` values: `x = c1 x̂0 + c2 x`, then `+ sd ε` with
+    /// `noise = (sd, ε)`.
+    fn posterior_step(
+        &self,
+        c1: f32,
+        c2: f32,
+        x0_hat: &Self::F,
+        x: &mut Self::F,
+        noise: Option<(f32, &Self::F)>,
+        len: usize,
+    ) -> Result<()>;
     /// `out[r] = a[r,:] · b[r,:]` for `n` rows of width `d`.
     fn row_dots(
         &self,
@@ -546,6 +557,26 @@ impl Ops for CpuOps {
                 let i = r * d + j;
                 adam_elem(&c, &mut table[i], grads[s * d + j], &mut m[i], &mut v[i]);
             }
+        }
+        Ok(())
+    }
+    fn posterior_step(
+        &self,
+        c1: f32,
+        c2: f32,
+        x0_hat: &Vec<f32>,
+        x: &mut Vec<f32>,
+        noise: Option<(f32, &Vec<f32>)>,
+        len: usize,
+    ) -> Result<()> {
+        fits("posterior_step: x0", x0_hat.len(), len)?;
+        fits("posterior_step: x", x.len(), len)?;
+        for k in 0..len {
+            x[k] = c1 * x0_hat[k] + c2 * x[k];
+        }
+        if let Some((sd, eps)) = noise {
+            fits("posterior_step: noise", eps.len(), len)?;
+            crate::kernels::cpu::elementwise::axpy(sd, &eps[..len], &mut x[..len]);
         }
         Ok(())
     }

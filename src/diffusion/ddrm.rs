@@ -903,7 +903,7 @@ impl Ddrm {
         match device {
             Device::Cpu => Ok(self.infer(ds, users, seed)),
             #[cfg(feature = "cuda")]
-            Device::Cuda(gpu) => self.infer_cuda(gpu, ds, users, seed),
+            Device::Cuda(gpu) => self.infer_with(&**gpu, ds, users, seed),
         }
     }
 

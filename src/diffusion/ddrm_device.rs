@@ -89,8 +89,8 @@ impl<O: Ops> DevDenoiser<O> {
     fn new(ops: &O, dn: &Denoiser, cap: usize) -> Result<Self> {
         if dn.attn.is_some() {
             bail!(
-                "DDRM training on a device covers the MLP denoiser; the Transformer denoiser \
-                 trains on the CPU (--device cpu)"
+                "DDRM on a device covers the MLP denoiser; the Transformer denoiser \
+                 runs on the CPU (--device cpu)"
             );
         }
         let (d, sd) = (dn.d, dn.step_dim);
@@ -699,4 +699,53 @@ impl<'o, O: Ops> DeviceDdrm<'o, O> {
 /// The tensors of a CPU [`DenoiserGrad`] in the order of [`Denoiser::grads`] (to compare).
 pub fn grad_tensors(g: &DenoiserGrad) -> Vec<Vec<f32>> {
     Denoiser::grads(g).into_iter().map(|t| t.to_vec()).collect()
+}
+
+impl Ddrm {
+    /// [`Ddrm::infer`] with the reverse steps on a device: the item denoiser's forward
+    /// ([`DevDenoiser::forward`], the training step's) and the posterior step, on buffers
+    /// allocated once per call. The frame (chunks, start points, noise) is the CPU's
+    /// ([`Ddrm::infer_chunks`]), so every device denoises the same inputs.
+    pub fn infer_with<O: Ops>(
+        &self,
+        ops: &O,
+        ds: &Dataset,
+        users: &[u32],
+        seed: u64,
+    ) -> Result<Vec<f32>> {
+        let (d, t_steps) = (self.d, self.cfg.steps);
+        let cap = users.len().clamp(1, 2048);
+        let mut dn = DevDenoiser::new(ops, &self.item_dn, cap)?;
+        let sd = dn.sd;
+        let all: Vec<f32> = (0..t_steps).map(|k| k as f32).collect();
+        let mut enc = vec![0f32; t_steps * sd];
+        timestep_encoding(&all, sd, &mut enc);
+        let enc_table = ops.upload(&enc)?;
+        let mut steps = ops.upload_u32(&vec![0u32; cap])?;
+        let mut ue = ops.zeros(cap * d)?;
+        let mut eps_d = ops.zeros(cap * d)?;
+        let t_last = t_steps - 1;
+        self.infer_chunks(ds, users, seed, |x, ue_h, n, rng, eps| -> Result<()> {
+            ops.write(x, &mut dn.xin)?;
+            ops.write(ue_h, &mut ue)?;
+            for step in (0..self.cfg.inference_steps).rev() {
+                let t = step.min(t_last);
+                ops.write_u32(&vec![t as u32; n], &mut steps)?;
+                dn.forward(ops, &enc_table, &steps, &ue, n)?;
+                let (c1, c2) = self.schedule.posterior_coefs(t);
+                let noise = match self.sampling_sd(t) {
+                    Some(s) => {
+                        Rng::fill_normal_par(eps, 1.0, rng.next_u64());
+                        ops.write(eps, &mut eps_d)?;
+                        Some((s, &eps_d))
+                    }
+                    None => None,
+                };
+                let DevDenoiser { outs, xin, .. } = &mut dn;
+                ops.posterior_step(c1, c2, outs.last().unwrap(), xin, noise, n * d)?;
+            }
+            x.copy_from_slice(&ops.read(&dn.xin, n * d)?);
+            Ok(())
+        })
+    }
 }

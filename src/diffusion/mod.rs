@@ -1,8 +1,6 @@
 //! DDRM, the diffusion plug-in: noise schedule, denoisers, training and inference.
 pub mod attention;
 pub mod ddrm;
-#[cfg(feature = "cuda")]
-mod ddrm_cuda;
 pub mod ddrm_device;
 pub mod denoiser;
 pub mod schedule;
