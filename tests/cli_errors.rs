@@ -97,4 +97,20 @@ fn bad_inputs_fail_cleanly() {
         "missing",
     );
     assert_clean_failure(&["--threads", "0", "data", "info", "ml1m-clean"], "threads");
+    let out = dir.path().join("run");
+    for model in ["mf", "multivae"] {
+        assert_clean_failure(
+            &[
+                "train",
+                "--model",
+                model,
+                "--eval-every",
+                "0",
+                "--out",
+                out.to_str().unwrap(),
+            ],
+            "--eval-every",
+        );
+    }
+    assert!(!out.exists(), "a refused run left {out:?} behind");
 }

@@ -234,6 +234,9 @@ fn check_args(a: &TrainArgs) -> Result<()> {
     if a.batch == Some(0) || a.epochs == Some(0) {
         bail!("--batch and --epochs must be at least 1");
     }
+    if a.eval_every == 0 {
+        bail!("--eval-every must be at least 1 (validation picks the epoch whose test metrics are reported)");
+    }
     if !(0.0..1.0).contains(&a.tce_drop) {
         bail!("--tce-drop must be in [0, 1), got {}", a.tce_drop);
     }

@@ -19,9 +19,11 @@ const KC: usize = 256;
 const MC: usize = 72;
 const NC: usize = 2048;
 /// Largest B (floats, packed to full depth) for the deep-K order: 1 MiB.
+#[cfg(target_arch = "x86_64")]
 const DEEP_K_MAX_B: usize = 1 << 18;
 /// Most rows for the task-local-B order ([`local_b`]): every task runs all of them against
 /// its B panels, so A's K block (rows x KC, 288 KiB here) should stay in L2.
+#[cfg(target_arch = "x86_64")]
 const LOCAL_B_MAX_M: usize = 4 * MC;
 
 /// Element-wise activation applied in a GEMM epilogue or by the nn blocks.
@@ -251,7 +253,7 @@ fn gemm_core(
     c: &mut [f32],
     epi: Epilogue,
     mut b_col_sums: Option<&mut [f32]>,
-    block_outer: bool,
+    #[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))] block_outer: bool,
 ) {
     if let Some(why) = shape_error(
         (m, n, k),
@@ -562,6 +564,7 @@ fn local_b(
 
 /// For the full-depth orders: pack the partial last MR-row panel of op(A) (when m is not a
 /// multiple of MR) to its full depth into `ap`.
+#[cfg(target_arch = "x86_64")]
 fn pack_a_tail(a: &[f32], ta: bool, m: usize, k: usize, ap: &mut Vec<f32>) {
     if !m.is_multiple_of(MR) {
         ap.resize(ap.len().max(MR * k), 0.0);
@@ -584,6 +587,7 @@ fn pack_a_tail(a: &[f32], ta: bool, m: usize, k: usize, ap: &mut Vec<f32>) {
 ///
 /// # Safety
 /// `ip` must be a panel of A (`ip * MR < m`) and `pc < k`.
+#[cfg(target_arch = "x86_64")]
 #[inline]
 unsafe fn a_panel(
     a: &[f32],

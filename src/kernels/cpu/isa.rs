@@ -45,6 +45,7 @@ impl Isa {
 
     /// All instruction sets this CPU can run (for tests comparing them).
     pub fn available() -> Vec<Isa> {
+        #[allow(unused_mut)] // only x86-64 has a second instruction set
         let mut v = vec![Isa::Portable];
         #[cfg(target_arch = "x86_64")]
         {

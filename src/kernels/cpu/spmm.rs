@@ -200,6 +200,7 @@ unsafe impl Sync for SendPtr {}
 /// One output row. The AVX path and the portable path perform the same operations in the same
 /// order (a product, then a sum: not fused), so their results are identical bit for bit.
 #[inline]
+#[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
 fn spmm_row(isa: Isa, cols: &[u32], vals: &[f32], x: &[f32], d: usize, orow: &mut [f32]) {
     debug_assert_eq!(cols.len(), vals.len());
     #[cfg(target_arch = "x86_64")]
