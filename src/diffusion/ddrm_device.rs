@@ -23,7 +23,7 @@ use crate::kernels::cpu::Act;
 use crate::nn::step_embedding::timestep_encoding;
 use crate::nn::AdamConfig;
 use crate::util::rng::Rng;
-use anyhow::{bail, ensure, Result};
+use anyhow::{bail, ensure, Context, Result};
 
 /// Parameter slots of a device denoiser, in this order: step layer w, b; layer 0's weight
 /// rows for x_t, the step embedding and the condition, and its bias; then w, b of each
@@ -64,12 +64,11 @@ pub enum NoiseSource {
     Device,
 }
 
-/// One denoiser on a device: parameters, gradients, Adam moments and forward state.
+/// One denoiser on a device: parameters and forward state, plus the training state when it
+/// trains (none for inference, which allocates only what the forward uses).
 struct DevDenoiser<O: Ops> {
     p: Vec<O::F>,
-    g: Vec<O::F>,
-    m: Vec<O::F>,
-    v: Vec<O::F>,
+    train: Option<DevTrainState<O>>,
     lens: Vec<usize>,
     /// MLP widths: 2d + sd, hidden..., d.
     dims: Vec<usize>,
@@ -80,13 +79,22 @@ struct DevDenoiser<O: Ops> {
     temb: O::F,
     xin: O::F,
     outs: Vec<O::F>,
+}
+
+/// What only training needs: gradients, Adam moments and the backward's scratch.
+struct DevTrainState<O: Ops> {
+    g: Vec<O::F>,
+    m: Vec<O::F>,
+    v: Vec<O::F>,
     ga: O::F,
     gb: O::F,
     dtemb: O::F,
 }
 
 impl<O: Ops> DevDenoiser<O> {
-    fn new(ops: &O, dn: &Denoiser, cap: usize) -> Result<Self> {
+    /// `dn` on the device for batches of up to `cap` rows; `training` adds the gradients,
+    /// Adam moments and backward scratch.
+    fn new(ops: &O, dn: &Denoiser, cap: usize, training: bool) -> Result<Self> {
         if dn.attn.is_some() {
             bail!(
                 "DDRM on a device covers the MLP denoiser; the Transformer denoiser \
@@ -114,17 +122,24 @@ impl<O: Ops> DevDenoiser<O> {
             host.iter().map(|h| f(h)).collect()
         };
         let p = up(&|h| ops.upload(h))?;
-        let g = up(&|h| ops.zeros(h.len()))?;
-        let m = up(&|h| ops.zeros(h.len()))?;
-        let v = up(&|h| ops.zeros(h.len()))?;
         let mut dims = vec![layers[0].din];
         dims.extend(layers.iter().map(|l| l.dout));
         let widest = *dims.iter().max().unwrap_or(&1);
+        let train = if training {
+            Some(DevTrainState {
+                g: up(&|h| ops.zeros(h.len()))?,
+                m: up(&|h| ops.zeros(h.len()))?,
+                v: up(&|h| ops.zeros(h.len()))?,
+                ga: ops.zeros(cap * widest)?,
+                gb: ops.zeros(cap * widest)?,
+                dtemb: ops.zeros(cap * sd)?,
+            })
+        } else {
+            None
+        };
         Ok(DevDenoiser {
             p,
-            g,
-            m,
-            v,
+            train,
             lens,
             sd,
             act: dn.mlp.act,
@@ -136,9 +151,6 @@ impl<O: Ops> DevDenoiser<O> {
                 .iter()
                 .map(|l| ops.zeros(cap * l.dout))
                 .collect::<Result<_>>()?,
-            ga: ops.zeros(cap * widest)?,
-            gb: ops.zeros(cap * widest)?,
-            dtemb: ops.zeros(cap * sd)?,
             dims,
         })
     }
@@ -256,17 +268,19 @@ impl<O: Ops> DevDenoiser<O> {
         let (d, sd, h0) = (self.d(), self.sd, self.dims[1]);
         let DevDenoiser {
             p,
-            g,
+            train,
             dims,
-            ga,
-            gb,
             outs,
             xin,
             temb,
             enc,
-            dtemb,
             ..
         } = self;
+        let DevTrainState {
+            g, ga, gb, dtemb, ..
+        } = train
+            .as_mut()
+            .context("DevDenoiser::backward on an inference-only denoiser")?;
         // `cur` receives the next input gradient; `dy` is the current output gradient
         let (mut cur, mut other): (&mut O::F, &mut O::F) = (ga, gb);
         let mut dy: &O::F = dout;
@@ -321,12 +335,16 @@ impl<O: Ops> DevDenoiser<O> {
     }
 
     fn adam(&mut self, ops: &O, c: AdamCoefs) -> Result<()> {
+        let tr = self
+            .train
+            .as_mut()
+            .context("DevDenoiser::adam on an inference-only denoiser")?;
         for k in 0..self.p.len() {
             ops.adam(
                 &mut self.p[k],
-                &self.g[k],
-                &mut self.m[k],
-                &mut self.v[k],
+                &tr.g[k],
+                &mut tr.m[k],
+                &mut tr.v[k],
                 self.lens[k],
                 c,
             )?;
@@ -337,7 +355,15 @@ impl<O: Ops> DevDenoiser<O> {
     /// Host copies of slots `which` (parameters or gradients), reassembled in the order of
     /// [`Denoiser::params_mut`]: step w, step b, then w, b of each MLP layer.
     fn host(&self, ops: &O, of_grads: bool) -> Result<Vec<Vec<f32>>> {
-        let src = if of_grads { &self.g } else { &self.p };
+        let src = if of_grads {
+            &self
+                .train
+                .as_ref()
+                .context("DevDenoiser::host: no gradients on an inference-only denoiser")?
+                .g
+        } else {
+            &self.p
+        };
         let read = |k: usize| ops.read(&src[k], self.lens[k]);
         let mut w0 = read(W_X)?;
         w0.extend(read(W_S)?);
@@ -434,8 +460,8 @@ impl<'o, O: Ops> DeviceDdrm<'o, O> {
             parts: z(3 * cap)?,
             dh: [z(cap * d)?, z(cap * d)?],
             dn: [
-                DevDenoiser::new(ops, &model.user_dn, cap)?,
-                DevDenoiser::new(ops, &model.item_dn, cap)?,
+                DevDenoiser::new(ops, &model.user_dn, cap, true)?,
+                DevDenoiser::new(ops, &model.item_dn, cap, true)?,
             ],
         })
     }
@@ -715,7 +741,7 @@ impl Ddrm {
     ) -> Result<Vec<f32>> {
         let (d, t_steps) = (self.d, self.cfg.steps);
         let cap = users.len().clamp(1, 2048);
-        let mut dn = DevDenoiser::new(ops, &self.item_dn, cap)?;
+        let mut dn = DevDenoiser::new(ops, &self.item_dn, cap, false)?;
         let sd = dn.sd;
         let all: Vec<f32> = (0..t_steps).map(|k| k as f32).collect();
         let mut enc = vec![0f32; t_steps * sd];
