@@ -251,6 +251,18 @@ proptest! {
             };
             prop_assert!(close(got[k], want as f64, 1e-6, 1e-6));
         }
+        // every instruction set gives the same bits, NaN, infinities and signed zeros included
+        let mut ys = y.clone();
+        ys.extend([f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 0.0, -0.0, 1e20, -1e20, 0.5, -0.5]);
+        let mut gs = g.clone();
+        gs.extend([1.0, 2.0, -3.0, f32::NAN, 4.0, 1e20, -0.0, f32::INFINITY, 7.0]);
+        let mut base = gs.clone();
+        ew::activation_backward_seq_with(Isa::Portable, &ys, &mut base, act);
+        for isa in Isa::available() {
+            let mut got = gs.clone();
+            ew::activation_backward_seq_with(isa, &ys, &mut got, act);
+            prop_assert!(got.iter().zip(&base).all(|(a, b)| a.to_bits() == b.to_bits()), "{:?} on {} differs", act, isa.name());
+        }
     }
 
     #[test]

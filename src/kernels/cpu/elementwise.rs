@@ -207,6 +207,31 @@ mod avx {
         out
     }
 
+    /// `g *= act'` through the output `y`, as the portable path: relu `g & (y > 0)`, tanh
+    /// `g * (1 - y*y)`, sigmoid `(g * y) * (1 - y)`.
+    ///
+    /// # Safety
+    /// The CPU has AVX2; `y` and `g` have the same length, a multiple of 8.
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn activation_backward(y: &[f32], g: &mut [f32], act: crate::kernels::cpu::Act) {
+        use crate::kernels::cpu::Act;
+        debug_assert!(y.len() == g.len() && y.len().is_multiple_of(8));
+        let one = _mm256_set1_ps(1.0);
+        let zero = _mm256_setzero_ps();
+        let (yp, gp) = (y.as_ptr(), g.as_mut_ptr());
+        for i in (0..y.len()).step_by(8) {
+            let yv = _mm256_loadu_ps(yp.add(i));
+            let gv = _mm256_loadu_ps(gp.add(i));
+            let r = match act {
+                Act::None => gv,
+                Act::Relu => _mm256_and_ps(gv, _mm256_cmp_ps::<_CMP_GT_OQ>(yv, zero)),
+                Act::Tanh => _mm256_mul_ps(gv, _mm256_sub_ps(one, _mm256_mul_ps(yv, yv))),
+                Act::Sigmoid => _mm256_mul_ps(_mm256_mul_ps(gv, yv), _mm256_sub_ps(one, yv)),
+            };
+            _mm256_storeu_ps(gp.add(i), r);
+        }
+    }
+
     /// `op` over `x` (length a multiple of 8).
     ///
     /// # Safety
@@ -320,18 +345,58 @@ pub fn activation_backward(y: &[f32], g: &mut [f32], act: Act) {
 /// [`super::gemm::Epilogue::grad_of`]): the same operations in the same order, so a fused
 /// backward gives the same bits as the separate pass.
 pub fn activation_backward_seq(y: &[f32], g: &mut [f32], act: Act) {
-    debug_assert_eq!(y.len(), g.len());
-    let one = f32x8::splat(1.0);
-    let f = |yv: f32x8, gv: f32x8| -> f32x8 {
-        match act {
-            Act::None => gv,
-            Act::Relu => gv & yv.cmp_gt(f32x8::ZERO),
-            Act::Tanh => gv * (one - yv * yv),
-            Act::Sigmoid => gv * yv * (one - yv),
-        }
+    activation_backward_seq_with(Isa::detect(), y, g, act);
+}
+
+/// [`activation_backward_seq`] with the given instruction set. Every instruction set performs
+/// the same operations in the same order (products and differences, not fused), so all give
+/// the same bits; the tail that does not fill a vector uses the scalar expression.
+pub fn activation_backward_seq_with(isa: Isa, y: &[f32], g: &mut [f32], act: Act) {
+    if act == Act::None {
+        return;
+    }
+    assert_eq!(
+        y.len(),
+        g.len(),
+        "activation backward: y and g differ in length"
+    );
+    let n8 = y.len() / 8 * 8;
+    #[cfg(target_arch = "x86_64")]
+    let done = if isa == Isa::Avx2Fma {
+        assert!(
+            isa.is_available(),
+            "element-wise: instruction set {} is not available on this CPU",
+            isa.name()
+        );
+        // SAFETY: AVX2 is available (asserted); both slices hold `n8` elements.
+        unsafe { avx::activation_backward(&y[..n8], &mut g[..n8], act) };
+        true
+    } else {
+        false
     };
-    let fs = |yv: f32, gv: f32| -> f32 {
-        match act {
+    #[cfg(not(target_arch = "x86_64"))]
+    let done = {
+        let _ = isa;
+        false
+    };
+    if !done {
+        let one = f32x8::splat(1.0);
+        let f = |yv: f32x8, gv: f32x8| -> f32x8 {
+            match act {
+                Act::None => gv,
+                Act::Relu => gv & yv.cmp_gt(f32x8::ZERO),
+                Act::Tanh => gv * (one - yv * yv),
+                Act::Sigmoid => gv * yv * (one - yv),
+            }
+        };
+        for i in (0..n8).step_by(8) {
+            let r = f(load(&y[i..]), load(&g[i..])).to_array();
+            g[i..i + 8].copy_from_slice(&r);
+        }
+    }
+    for i in n8..y.len() {
+        let (yv, gv) = (y[i], g[i]);
+        g[i] = match act {
             Act::None => gv,
             Act::Relu => {
                 if yv > 0.0 {
@@ -342,18 +407,7 @@ pub fn activation_backward_seq(y: &[f32], g: &mut [f32], act: Act) {
             }
             Act::Tanh => gv * (1.0 - yv * yv),
             Act::Sigmoid => gv * yv * (1.0 - yv),
-        }
-    };
-    if act == Act::None {
-        return;
-    }
-    let n8 = y.len() / 8 * 8;
-    for i in (0..n8).step_by(8) {
-        let r = f(load(&y[i..]), load(&g[i..])).to_array();
-        g[i..i + 8].copy_from_slice(&r);
-    }
-    for i in n8..y.len() {
-        g[i] = fs(y[i], g[i]);
+        };
     }
 }
 
