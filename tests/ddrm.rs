@@ -483,7 +483,7 @@ proptest! {
         let args = DdrmArgs {
             steps: Some(t), noise_scale: Some(0.5), noise_min: Some(0.1), noise_max: Some(1.0),
             lambda: Some(lambda), gamma: Some(gamma), hidden: Some(hidden), act: Some(act),
-            step_dim: Some(4), item_only, ..Default::default()
+            step_dim: Some(4), item_only, dropout: Some(0.5), ..Default::default()
         };
         let cfg = ddrm_config(&args, None, None, Some(1), 1, 1, seed, &[20]).unwrap();
         let mut r = Rng::new(seed);
@@ -542,6 +542,7 @@ fn device_trainer_epoch_tracks_the_cpu_epoch() {
     let args = DdrmArgs {
         hidden: Some(vec![32, 8, 32]),
         steps: Some(5),
+        dropout: Some(0.5),
         ..Default::default()
     };
     let cfg = ddrm_config(&args, None, Some(256), Some(2), 1, 1, 4, &[10, 20]).unwrap();

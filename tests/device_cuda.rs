@@ -199,6 +199,7 @@ fn ddrm_training_on_the_gpu_matches_the_cpu() {
             steps: Some(5),
             gamma: Some(gamma),
             item_only,
+            dropout: Some(0.5),
             ..Default::default()
         };
         let cfg = ddrm_config(&args, None, Some(1024), Some(2), 1, 1, 3, &[10, 20]).unwrap();

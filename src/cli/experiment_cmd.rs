@@ -4,7 +4,7 @@
 //! on it as `ddrm reproduce` trains them and tested on the untouched test split.
 
 use super::experiment_common::{at20, markdown, pair, write_outputs};
-use super::reproduce::{backend_args, ddrm_stage, Baseline, Recipe};
+use super::reproduce::{backend_args, ddrm_stage_with, Baseline, Recipe};
 use super::table::render;
 use super::train_cmd::run_train;
 use crate::backends::Backend;
@@ -50,6 +50,10 @@ pub struct NoiseArgs {
     /// Override DDRM's maximum epochs.
     #[arg(long)]
     pub ddrm_epochs: Option<usize>,
+    /// DDRM's dropout on the noisy input (default: the paper preset's, none; the tables made
+    /// before 2026-11-24 used 0.5).
+    #[arg(long)]
+    pub dropout: Option<f32>,
     /// Print the table as JSON.
     #[arg(long)]
     pub json: bool,
@@ -118,7 +122,7 @@ fn run_noise(a: &NoiseArgs, quiet: bool) -> Result<()> {
             ),
             quiet,
         )?;
-        let dd = ddrm_stage(
+        let dd = ddrm_stage_with(
             a.model,
             Recipe::Paper,
             &bdir,
@@ -126,6 +130,7 @@ fn run_noise(a: &NoiseArgs, quiet: bool) -> Result<()> {
             a.ddrm_epochs,
             &dir.join("ddrm"),
             quiet,
+            |d| d.dropout = a.dropout,
         )?;
         rows.push(NoiseRow {
             ratio,

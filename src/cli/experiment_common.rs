@@ -31,6 +31,10 @@ pub struct DdrmExperimentArgs {
     /// Override DDRM's maximum epochs.
     #[arg(long)]
     pub ddrm_epochs: Option<usize>,
+    /// DDRM's dropout on the noisy input (default: the paper preset's, none; the tables made
+    /// before 2026-11-24 used 0.5).
+    #[arg(long)]
+    pub dropout: Option<f32>,
     /// Print the results as JSON.
     #[arg(long)]
     pub json: bool,
@@ -69,7 +73,10 @@ impl DdrmExperimentArgs {
             epochs.or(self.ddrm_epochs),
             out,
             quiet,
-            tweak,
+            |d: &mut DdrmArgs| {
+                d.dropout = self.dropout.or(d.dropout);
+                tweak(d)
+            },
         )
     }
 }
