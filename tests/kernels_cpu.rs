@@ -158,6 +158,28 @@ proptest! {
     }
 
     #[test]
+    fn deep_k_transposed_a_packed_on_first_pass_equals_block_outer_order(
+        m in 150usize..400, n in 17usize..130, k in 257usize..700, tb: bool, seed in 0u64..1000,
+        threads in 1usize..4, beta in prop::sample::select(vec![0.0f32, 1.0])
+    ) {
+        // dW = Xᵀ·dY shapes in the deep-K order with several B panels per task (many rows:
+        // few row blocks per thread): the first B panel's pass packs each A panel it reads
+        // and the task's other B panels read that copy; the same products in the same order
+        let mut r = ddrm::util::rng::Rng::new(seed);
+        let mut rv = |len: usize| (0..len).map(|_| r.uniform_f32() * 2.0 - 1.0).collect::<Vec<f32>>();
+        let (a, b, c0) = (rv(k * m), rv(k * n), rv(m * n));
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        for isa in Isa::available() {
+            let (mut x, mut y) = (c0.clone(), c0.clone());
+            pool.install(|| {
+                gemm_ex(isa, true, tb, m, n, k, 0.7, &a, &b, beta, &mut x, Epilogue::NONE);
+                gemm_ex_block_outer(isa, true, tb, m, n, k, 0.7, &a, &b, beta, &mut y, Epilogue::NONE);
+            });
+            prop_assert_eq!(x.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), y.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), "{:?} m{} n{} k{} threads {}", isa, m, n, k, threads);
+        }
+    }
+
+    #[test]
     fn wide_transposed_a_order_equals_block_outer_order(
         m in 1usize..40, n in 330usize..700, k in 257usize..900, tb: bool, seed in 0u64..1000,
         beta in prop::sample::select(vec![0.0f32, 1.0]),
