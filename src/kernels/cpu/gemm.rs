@@ -384,6 +384,7 @@ fn gemm_core(
                                     alpha,
                                     beta_eff,
                                     0,
+                                    std::ptr::null_mut(),
                                 );
                                 continue;
                             }
@@ -497,7 +498,7 @@ fn deep_k(
                         } else {
                             std::ptr::null_mut()
                         };
-                        avx2::tile_copy(
+                        avx2::tile(
                             kc, ptr, rs, cs, b_panel, cp, n, rows, cols, alpha, beta_eff, pf, dst,
                         );
                         packed_ok |= want_copy;
@@ -601,7 +602,7 @@ fn local_b(
                         } else {
                             std::ptr::null_mut()
                         };
-                        avx2::tile_copy(
+                        avx2::tile(
                             kc, ptr, rs, cs, b_panel, cp, n, rows, cols, alpha, beta_eff, pf, dst,
                         );
                     }
@@ -946,7 +947,7 @@ mod avx2 {
 
     /// The full 6 x 16 tile written straight into C: `C = alpha * acc + beta * C` (C not
     /// read when beta == 0). With `pf > 0`, A is prefetched `pf` floats ahead of each step
-    /// ([`kernel_strided_pf`]); the product is the same.
+    /// ([`kernel_strided_ex`]); the product is the same.
     #[target_feature(enable = "avx2,fma")]
     #[allow(clippy::too_many_arguments)]
     pub unsafe fn kernel_to_c(
@@ -965,12 +966,21 @@ mod avx2 {
         let mut tile = [0f32; MR * NR];
         match (pf > 0, !packed.is_null()) {
             (true, true) => {
-                kernel_strided_pfc::<true, true>(kc, a, rs, cs, pf, b, &mut tile, packed)
+                kernel_strided_ex::<true, true>(kc, a, rs, cs, pf, b, &mut tile, packed)
             }
             (false, true) => {
-                kernel_strided_pfc::<false, true>(kc, a, rs, cs, pf, b, &mut tile, packed)
+                kernel_strided_ex::<false, true>(kc, a, rs, cs, pf, b, &mut tile, packed)
             }
-            (true, false) => kernel_strided_pf::<true>(kc, a, rs, cs, pf, b, &mut tile),
+            (true, false) => kernel_strided_ex::<true, false>(
+                kc,
+                a,
+                rs,
+                cs,
+                pf,
+                b,
+                &mut tile,
+                std::ptr::null_mut(),
+            ),
             (false, false) => kernel_strided(kc, a, rs, cs, b, &mut tile),
         }
         let va = _mm256_set1_ps(alpha);
@@ -993,44 +1003,11 @@ mod avx2 {
     /// One `rows x cols` tile (at most MR x NR) with A read through `(a, rs, cs)` (see
     /// [`kernel_strided`]): a full tile straight into C, a partial one kept in registers and
     /// only its valid part written. `pf` as in [`kernel_to_c`] (partial tiles ignore it).
+    /// With `packed` not null (full tiles only), the A panel read is also written there,
+    /// packed (`kc x MR`), for the next tiles that use it.
     #[allow(clippy::too_many_arguments)]
     #[inline]
     pub unsafe fn tile(
-        kc: usize,
-        a: *const f32,
-        rs: usize,
-        cs: usize,
-        b_panel: &[f32],
-        c: *mut f32,
-        ldc: usize,
-        rows: usize,
-        cols: usize,
-        alpha: f32,
-        beta: f32,
-        pf: usize,
-    ) {
-        tile_copy(
-            kc,
-            a,
-            rs,
-            cs,
-            b_panel,
-            c,
-            ldc,
-            rows,
-            cols,
-            alpha,
-            beta,
-            pf,
-            std::ptr::null_mut(),
-        )
-    }
-
-    /// [`tile`] that also packs the A panel into `packed` when not null (full tiles only:
-    /// the caller passes null for a partial one).
-    #[allow(clippy::too_many_arguments)]
-    #[inline]
-    pub unsafe fn tile_copy(
         kc: usize,
         a: *const f32,
         rs: usize,
@@ -1134,33 +1111,19 @@ mod avx2 {
         b: *const f32,
         tile: &mut [f32; MR * NR],
     ) {
-        kernel_strided_pf::<false>(kc, a, rs, cs, 0, b, tile)
+        kernel_strided_ex::<false, false>(kc, a, rs, cs, 0, b, tile, std::ptr::null_mut())
     }
 
-    /// [`kernel_strided`] that, when `PF`, also prefetches the A elements `pf` floats ahead
-    /// of each step's (both ends of the 6-element group, which may straddle two lines). A
-    /// prefetch cannot fault, so one past the end of A is harmless (the address is formed
-    /// with `wrapping_add` and never dereferenced).
-    #[target_feature(enable = "avx2,fma")]
-    #[inline]
-    pub unsafe fn kernel_strided_pf<const PF: bool>(
-        kc: usize,
-        a: *const f32,
-        rs: usize,
-        cs: usize,
-        pf: usize,
-        b: *const f32,
-        tile: &mut [f32; MR * NR],
-    ) {
-        kernel_strided_pfc::<PF, false>(kc, a, rs, cs, pf, b, tile, std::ptr::null_mut())
-    }
-
-    /// [`kernel_strided_pf`] that, when `COPY`, also writes the A panel it reads (`rs` = 1:
-    /// 6 contiguous floats per step) packed into `packed` (`kc x MR`), for the next passes.
+    /// [`kernel_strided`] with two extras that leave the product as it is. When `PF`, it
+    /// prefetches the A elements `pf` floats ahead of each step's (both ends of the 6-element
+    /// group, which may straddle two lines; a prefetch cannot fault, so one past the end of A
+    /// is harmless: the address is formed with `wrapping_add` and never dereferenced). When
+    /// `COPY`, it writes the A panel it reads (`rs` = 1: 6 contiguous floats per step) packed
+    /// into `packed` (`kc x MR`), for the next passes over the same panel.
     #[target_feature(enable = "avx2,fma")]
     #[inline]
     #[allow(clippy::too_many_arguments)]
-    pub unsafe fn kernel_strided_pfc<const PF: bool, const COPY: bool>(
+    pub unsafe fn kernel_strided_ex<const PF: bool, const COPY: bool>(
         kc: usize,
         a: *const f32,
         rs: usize,
