@@ -1305,6 +1305,21 @@ fn noise_experiment_runs_each_ratio() {
         &out,
     ]);
     assert!(code != 0 && err.contains("--ratios"), "{err}");
+    let fresh = dir.path().join("noise-bad").to_str().unwrap().to_string();
+    let (code, _, err) = ddrm(&[
+        "experiment",
+        "noise",
+        "--dataset",
+        &ds,
+        "--dropout=-0.1",
+        "--out",
+        &fresh,
+    ]);
+    assert!(code != 0 && err.contains("--dropout"), "{err}");
+    assert!(
+        !Path::new(&fresh).exists(),
+        "refused before training anything"
+    );
 }
 
 /// The hyper-parameter sweep: one backend run, one DDRM run per value (each with the value in
@@ -1354,6 +1369,10 @@ fn sweep_experiment_trains_one_ddrm_per_value() {
         .unwrap();
         let lambda = cfg["config"]["ddrm"]["lambda"].as_f64().unwrap();
         assert!((lambda - want).abs() < 1e-6, "{cfg}");
+        assert_eq!(
+            cfg["config"]["ddrm"]["dropout"], 0.0,
+            "the paper preset has no dropout"
+        );
     }
     // the value the valid split picks: the first with the highest valid R@20
     let valid: Vec<f64> = rows
@@ -1388,6 +1407,8 @@ fn sweep_experiment_trains_one_ddrm_per_value() {
         &backend,
         "--ddrm-epochs",
         "1",
+        "--dropout",
+        "0.5",
         "--out",
         &out2,
         "--json",
@@ -1401,10 +1422,16 @@ fn sweep_experiment_trains_one_ddrm_per_value() {
     .unwrap();
     assert_eq!(cfg["config"]["ddrm"]["steps"], 5);
     assert_eq!(cfg["config"]["ddrm"]["inference_steps"], 5);
+    assert_eq!(
+        cfg["config"]["ddrm"]["dropout"], 0.5,
+        "--dropout reaches the runs"
+    );
     for (args, needle) in [
         (vec!["--param", "lambda", "--values", "1.5"], "--values"),
         (vec!["--param", "steps", "--values", "2.5"], "--values"),
         (vec!["--param", "alpha"], "alpha"),
+        (vec!["--param", "gamma", "--dropout", "1.5"], "--dropout"),
+        (vec!["--param", "gamma", "--dropout", "NaN"], "--dropout"),
         (vec!["--param", "gamma", "--from", &out], "no config.json"),
         (
             vec![

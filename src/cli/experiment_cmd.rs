@@ -82,6 +82,7 @@ pub fn run(cmd: &ExperimentCommand, quiet: bool) -> Result<()> {
 }
 
 fn run_noise(a: &NoiseArgs, quiet: bool) -> Result<()> {
+    super::experiment_common::check_dropout(a.dropout)?;
     if a.ratios.is_empty() {
         bail!("--ratios is empty");
     }

@@ -43,6 +43,7 @@ pub struct DdrmExperimentArgs {
 impl DdrmExperimentArgs {
     /// Check the dataset, create `out`, and get the backend run (trained, or `--from`).
     pub fn start(&self, out: &Path, quiet: bool) -> Result<(PathBuf, RunResult)> {
+        check_dropout(self.dropout)?;
         crate::data::open(&self.dataset)?;
         std::fs::create_dir_all(out)?;
         backend_run(
@@ -78,6 +79,15 @@ impl DdrmExperimentArgs {
                 tweak(d)
             },
         )
+    }
+}
+
+/// Refuse a DDRM dropout outside [0, 1) before anything is trained (the DDRM stage would
+/// refuse it too, but only after the backend).
+pub fn check_dropout(dropout: Option<f32>) -> Result<()> {
+    match dropout {
+        Some(p) if !(0.0..1.0).contains(&p) => bail!("--dropout must be in [0, 1), got {p}"),
+        _ => Ok(()),
     }
 }
 
