@@ -85,10 +85,7 @@ impl DdrmExperimentArgs {
 /// Refuse a DDRM dropout outside [0, 1) before anything is trained (the DDRM stage would
 /// refuse it too, but only after the backend).
 pub fn check_dropout(dropout: Option<f32>) -> Result<()> {
-    match dropout {
-        Some(p) if !(0.0..1.0).contains(&p) => bail!("--dropout must be in [0, 1), got {p}"),
-        _ => Ok(()),
-    }
+    dropout.map_or(Ok(()), crate::diffusion::ddrm::check_dropout)
 }
 
 /// The tables' columns after the first: valid R@20 (what to choose by), test R@20 / N@20

@@ -174,9 +174,7 @@ impl DdrmConfig {
         if !(self.gamma >= 0.0 && self.gamma.is_finite()) {
             bail!("--gamma must be a finite number >= 0");
         }
-        if !(0.0..1.0).contains(&self.dropout) {
-            bail!("--dropout must be in [0, 1)");
-        }
+        check_dropout(self.dropout)?;
         if self.batch == 0 || self.epochs == 0 || self.step_dim == 0 {
             bail!("--batch, --epochs and --step-dim must be at least 1");
         }
@@ -1174,4 +1172,13 @@ impl<'d> EpochRunner<'d> {
             EpochRunner::Never(_) => unreachable!("no GPU trainer without the cuda feature"),
         }
     }
+}
+
+/// The dropout rule of [`DdrmConfig::validate`], for callers that check it before training
+/// anything: a rate in [0, 1) (NaN refused).
+pub fn check_dropout(p: f32) -> Result<()> {
+    if !(0.0..1.0).contains(&p) {
+        bail!("--dropout must be in [0, 1), got {p}");
+    }
+    Ok(())
 }
