@@ -771,3 +771,29 @@ fn device_inference_gives_the_cpu_queries() {
         "{e}"
     );
 }
+
+/// The FLOP figures of `ddrm train` and `ddrm bench epoch` count the work as performed:
+/// no input gradient for the fixed step encoding, and without `--joint` none for the noisy
+/// input and the condition (only the step-embedding columns of the first layer's).
+#[test]
+fn train_macs_count_the_gradients_the_backward_computes() {
+    let mut r = Rng::new(1);
+    // the MF recipe: 64 + 10 + 64 -> 1000 -> 100 -> 1000 -> 64, step layer 10 x 10
+    let dn = Denoiser::new(64, 10, &[1000, 100, 1000], Act::Tanh, 0.0, &mut r);
+    assert_eq!(
+        dn.macs(),
+        138 * 1000 + 1000 * 100 + 100 * 1000 + 1000 * 64 + 100
+    );
+    let fwd = dn.macs();
+    // forward + weight gradients, input gradients of layers 1..3, 10 of layer 0's 138 columns
+    let grads = 138 * 1000 + 1000 * 100 + 100 * 1000 + 1000 * 64 + 100;
+    let dx = 1000 * 100 + 100 * 1000 + 1000 * 64 + 10 * 1000;
+    assert_eq!(dn.train_macs(false), fwd + grads + dx);
+    assert_eq!(dn.train_macs(true), fwd + grads + dx + 128 * 1000);
+    // Transformer: attention q, k, v, o (64 x 64, 10 x 64) over 4 tokens of 16, FFN 64-256-64
+    let tf = Denoiser::transformer(64, 10, 4, &[256], Act::Tanh, 0.0, &mut r);
+    let attn = 3 * 64 * 64 + 10 * 64 + 2 * 4 * 4 * 16;
+    assert_eq!(tf.macs(), attn + 2 * 64 * 256 + 100);
+    assert_eq!(tf.train_macs(true), 3 * tf.macs() - 100);
+    assert_eq!(tf.train_macs(false), 3 * tf.macs() - 100 - 64 * 64);
+}

@@ -506,10 +506,12 @@ impl Ddrm {
         })
     }
 
-    /// FLOPs of one training sample (forward + backward of both denoisers).
+    /// FLOPs of one training sample as performed: forward + backward of both denoisers
+    /// (of the item denoiser alone with `item_only`), input gradients only under `--joint`
+    /// ([`Denoiser::train_macs`]).
     pub fn flops_per_sample(&self) -> f64 {
         let dn = if self.cfg.item_only { 1.0 } else { 2.0 };
-        dn * 6.0 * self.item_dn.macs() as f64
+        dn * 2.0 * self.item_dn.train_macs(self.joint.is_some()) as f64
     }
 
     fn noise_into(&self, e0: &[f32], steps: &[usize], eps: &[f32], out: &mut [f32]) {

@@ -164,9 +164,30 @@ impl Denoiser {
         v
     }
 
-    /// Multiply-accumulates per sample.
+    /// Multiply-accumulates per sample of the forward.
     pub fn macs(&self) -> usize {
         self.mlp.macs() + self.step_dim * self.step_dim + self.attn.as_ref().map_or(0, |a| a.macs())
+    }
+
+    /// Multiply-accumulates per sample of one training step as [`Self::forward`] and
+    /// [`Self::backward`] perform them: the forward, every weight gradient, and the input
+    /// gradients the backward computes. The step layer's input (the fixed encoding) never
+    /// gets one; the noisy input and the condition get theirs only with `input_grads`
+    /// (`--joint`); without, the MLP's first layer gives only its step-embedding columns
+    /// and the attention's query (from the condition) none.
+    pub fn train_macs(&self, input_grads: bool) -> usize {
+        let sd2 = self.step_dim * self.step_dim;
+        let full = 3 * self.macs() - sd2;
+        if input_grads {
+            return full;
+        }
+        match &self.attn {
+            Some(a) => full - a.q.din * a.q.dout,
+            None => {
+                let first = &self.mlp.layers[0];
+                full - (first.din - self.step_dim) * first.dout
+            }
+        }
     }
 
     /// Predict e_0 for `n` rows: `xt`, `cond` are `n x d`, `steps` holds each row's step
