@@ -343,14 +343,10 @@ fn gemm_core(
             pack_b_panels(b, tb, n, k, jc, nc, pc, kc, &mut bp, sums);
             let beta_eff = if pc == 0 { beta } else { 1.0 };
             let last = pc + kc == k;
-            let (m_blocks, n_chunks, panels_per_chunk) = task_grid(m, n_panels, threads);
+            let grid = TaskGrid::new(m, n_panels, threads);
             let (ap, bp) = (&ap, &bp);
-            (0..m_blocks * n_chunks).into_par_iter().for_each(|task| {
-                let (mb, nb) = (task / n_chunks, task % n_chunks);
-                let i0 = mb * MC;
-                let i1 = (i0 + MC).min(m);
-                let jp0 = nb * panels_per_chunk;
-                let jp1 = (jp0 + panels_per_chunk).min(n_panels);
+            (0..grid.tasks()).into_par_iter().for_each(|task| {
+                let (i0, i1, jp0, jp1) = grid.task(task, n_panels);
                 // B micro-panel outer (stays in L1), A micro-panels of the MC block inner
                 // (the block stays in L2)
                 for jp in jp0..jp1 {
@@ -435,15 +431,11 @@ fn deep_k(
     // B panels to full depth; the column sums in row order, panel by panel
     pack_b_panels(b, tb, n, k, 0, n, 0, k, &mut bp, b_col_sums);
     let cptr = SendPtr(c.as_mut_ptr());
-    let (m_blocks, n_chunks, panels_per_chunk) = task_grid(m, n_panels, threads);
+    let grid = TaskGrid::new(m, n_panels, threads);
     let (apv, bpv) = (ap, bp);
     let (ap, bp) = (&apv, &bpv);
-    (0..m_blocks * n_chunks).into_par_iter().for_each(|task| {
-        let (mb, nb) = (task / n_chunks, task % n_chunks);
-        let i0 = mb * MC;
-        let i1 = (i0 + MC).min(m);
-        let jp0 = nb * panels_per_chunk;
-        let jp1 = (jp0 + panels_per_chunk).min(n_panels);
+    (0..grid.tasks()).into_par_iter().for_each(|task| {
+        let (i0, i1, jp0, jp1) = grid.task(task, n_panels);
         let mut apk = [0f32; MR * KC];
         for pc in (0..k).step_by(KC) {
             let kc = KC.min(k - pc);
@@ -712,17 +704,53 @@ fn add_panel_col_sums(s: &mut [f32], d: &[f32], kc: usize) {
     s.copy_from_slice(&acc[..cols]);
 }
 
-/// The tasks over C: blocks of MC rows times chunks of column panels, about four tasks per
-/// thread. Returns (row blocks, panel chunks, panels per chunk).
-fn task_grid(m: usize, n_panels: usize, threads: usize) -> (usize, usize, usize) {
-    let m_blocks = m.div_ceil(MC);
-    let n_chunks = (4 * threads).div_ceil(m_blocks).clamp(1, n_panels);
-    let panels_per_chunk = n_panels.div_ceil(n_chunks);
-    (
-        m_blocks,
-        n_panels.div_ceil(panels_per_chunk),
-        panels_per_chunk,
-    )
+/// The tasks over C: blocks of at most MC rows times chunks of column panels, about four
+/// tasks per thread.
+#[derive(Clone, Copy, Debug)]
+struct TaskGrid {
+    m: usize,
+    m_panels: usize,
+    m_blocks: usize,
+    n_chunks: usize,
+    panels_per_chunk: usize,
+}
+
+impl TaskGrid {
+    /// Row blocks of whole MR panels, as even as the panels allow, and as many as a multiple
+    /// of the threads once there are at least as many as threads: a 2048-row product on 2
+    /// threads has 30 blocks of 11-12 panels rather than 28 of 72 rows and one of 32, so
+    /// neither thread waits for the other's extra block. Which task computes an element of
+    /// C does not change its sum, so the bits are those of any other grid.
+    fn new(m: usize, n_panels: usize, threads: usize) -> Self {
+        let m_panels = m.div_ceil(MR);
+        let mut m_blocks = m.div_ceil(MC);
+        if m_blocks >= threads {
+            m_blocks = m_blocks.div_ceil(threads) * threads;
+        }
+        let m_blocks = m_blocks.min(m_panels);
+        let n_chunks = (4 * threads).div_ceil(m_blocks).clamp(1, n_panels);
+        let panels_per_chunk = n_panels.div_ceil(n_chunks);
+        TaskGrid {
+            m,
+            m_panels,
+            m_blocks,
+            n_chunks: n_panels.div_ceil(panels_per_chunk),
+            panels_per_chunk,
+        }
+    }
+
+    fn tasks(&self) -> usize {
+        self.m_blocks * self.n_chunks
+    }
+
+    /// Rows `i0..i1` (i0 a multiple of MR) and column panels `jp0..jp1` of `task`.
+    fn task(&self, task: usize, n_panels: usize) -> (usize, usize, usize, usize) {
+        let (mb, nb) = (task / self.n_chunks, task % self.n_chunks);
+        let i0 = mb * self.m_panels / self.m_blocks * MR;
+        let i1 = ((mb + 1) * self.m_panels / self.m_blocks * MR).min(self.m);
+        let jp0 = nb * self.panels_per_chunk;
+        (i0, i1, jp0, (jp0 + self.panels_per_chunk).min(n_panels))
+    }
 }
 
 /// Apply `epi` to the `rows x cols` region of C (row stride `ldc`), once its product is done.
@@ -1227,6 +1255,50 @@ pub fn gemm_reference(
                 beta as f64 * c[i * n + j] as f64
             };
             c[i * n + j] = (alpha as f64 * s + old) as f32;
+        }
+    }
+}
+
+#[cfg(test)]
+mod grid_tests {
+    use super::*;
+
+    #[test]
+    fn task_grid_tiles_c_once_in_whole_panels_and_even_blocks() {
+        for threads in 1..=5 {
+            for m in (1..700).chain([2048, 4096, 4097]) {
+                for n_panels in [1, 4, 7, 63] {
+                    let g = TaskGrid::new(m, n_panels, threads);
+                    let mut seen = vec![0u8; m * n_panels];
+                    let mut sizes = Vec::new();
+                    for t in 0..g.tasks() {
+                        let (i0, i1, jp0, jp1) = g.task(t, n_panels);
+                        assert!(
+                            i0 % MR == 0 && i0 < i1 && i1 - i0 <= MC,
+                            "m {m}: rows {i0}..{i1}"
+                        );
+                        assert!(jp0 < jp1 && jp1 <= n_panels);
+                        if jp0 == 0 {
+                            sizes.push(i1.div_ceil(MR) - i0 / MR);
+                        }
+                        for i in i0..i1 {
+                            for jp in jp0..jp1 {
+                                seen[i * n_panels + jp] += 1;
+                            }
+                        }
+                    }
+                    assert!(
+                        seen.iter().all(|&s| s == 1),
+                        "m {m} panels {n_panels} threads {threads}"
+                    );
+                    // row blocks differ by at most one panel (the last may be a partial one)
+                    let (lo, hi) = (sizes.iter().min().unwrap(), sizes.iter().max().unwrap());
+                    assert!(hi - lo <= 1, "m {m}: block sizes {lo}..{hi}");
+                    if m.div_ceil(MC) >= threads {
+                        assert_eq!(g.m_blocks % threads, 0, "m {m} threads {threads}");
+                    }
+                }
+            }
         }
     }
 }
