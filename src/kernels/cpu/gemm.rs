@@ -346,7 +346,7 @@ fn gemm_core(
             let grid = TaskGrid::new(m, n_panels, threads);
             let (ap, bp) = (&ap, &bp);
             (0..grid.tasks()).into_par_iter().for_each(|task| {
-                let (i0, i1, jp0, jp1) = grid.task(task, n_panels);
+                let (i0, i1, jp0, jp1) = grid.task(task);
                 // B micro-panel outer (stays in L1), A micro-panels of the MC block inner
                 // (the block stays in L2)
                 for jp in jp0..jp1 {
@@ -435,7 +435,7 @@ fn deep_k(
     let (apv, bpv) = (ap, bp);
     let (ap, bp) = (&apv, &bpv);
     (0..grid.tasks()).into_par_iter().for_each(|task| {
-        let (i0, i1, jp0, jp1) = grid.task(task, n_panels);
+        let (i0, i1, jp0, jp1) = grid.task(task);
         let mut apk = [0f32; MR * KC];
         for pc in (0..k).step_by(KC) {
             let kc = KC.min(k - pc);
@@ -711,6 +711,7 @@ struct TaskGrid {
     m: usize,
     m_panels: usize,
     m_blocks: usize,
+    n_panels: usize,
     n_chunks: usize,
     panels_per_chunk: usize,
 }
@@ -734,6 +735,7 @@ impl TaskGrid {
             m,
             m_panels,
             m_blocks,
+            n_panels,
             n_chunks: n_panels.div_ceil(panels_per_chunk),
             panels_per_chunk,
         }
@@ -744,12 +746,17 @@ impl TaskGrid {
     }
 
     /// Rows `i0..i1` (i0 a multiple of MR) and column panels `jp0..jp1` of `task`.
-    fn task(&self, task: usize, n_panels: usize) -> (usize, usize, usize, usize) {
+    fn task(&self, task: usize) -> (usize, usize, usize, usize) {
         let (mb, nb) = (task / self.n_chunks, task % self.n_chunks);
         let i0 = mb * self.m_panels / self.m_blocks * MR;
         let i1 = ((mb + 1) * self.m_panels / self.m_blocks * MR).min(self.m);
         let jp0 = nb * self.panels_per_chunk;
-        (i0, i1, jp0, (jp0 + self.panels_per_chunk).min(n_panels))
+        (
+            i0,
+            i1,
+            jp0,
+            (jp0 + self.panels_per_chunk).min(self.n_panels),
+        )
     }
 }
 
@@ -1272,7 +1279,7 @@ mod grid_tests {
                     let mut seen = vec![0u8; m * n_panels];
                     let mut sizes = Vec::new();
                     for t in 0..g.tasks() {
-                        let (i0, i1, jp0, jp1) = g.task(t, n_panels);
+                        let (i0, i1, jp0, jp1) = g.task(t);
                         assert!(
                             i0 % MR == 0 && i0 < i1 && i1 - i0 <= MC,
                             "m {m}: rows {i0}..{i1}"
