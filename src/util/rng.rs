@@ -164,13 +164,15 @@ impl Rng {
         }
     }
 
-    /// Fill `out` with N(0, std^2) samples in parallel, chunk `k` drawn from
-    /// `Rng::stream(seed, k)`: deterministic whatever the thread count.
+    /// Fill `out` with N(0, std^2) samples in parallel, chunk `k` of 4096 drawn from
+    /// `Rng::stream(seed, k)`: deterministic whatever the thread count. The samples come
+    /// from the f32 Box–Muller of [`super::normal8`] (the diffusion noise of every training
+    /// step), not from [`Self::fill_normal`]'s f64 one.
     pub fn fill_normal_par(out: &mut [f32], std: f32, seed: u64) {
         use rayon::prelude::*;
         out.par_chunks_mut(4096)
             .enumerate()
-            .for_each(|(k, c)| Rng::stream(seed, k as u64).fill_normal(c, std));
+            .for_each(|(k, c)| super::normal8::fill(&mut Rng::stream(seed, k as u64), c, std));
     }
 
     /// Fisher–Yates shuffle.
