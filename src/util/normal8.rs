@@ -84,23 +84,25 @@ fn pairs8(rng: &mut Rng) -> (f32x8, f32x8) {
     (r * c, r * s)
 }
 
-/// Fill `out` with N(0, std²) samples, sixteen (eight pairs: cosines, then sines) per eight
-/// draws of `rng`; a last partial group is drawn whole and cut, so a prefix of a longer fill
-/// from the same state gives the same values.
+/// Sixteen N(0, std²) samples (eight pairs: cosines, then sines) from eight draws of `rng`.
+fn group16(rng: &mut Rng, sv: f32x8, g: &mut [f32]) {
+    let (c, s) = pairs8(rng);
+    g[..8].copy_from_slice(&(c * sv).to_array());
+    g[8..16].copy_from_slice(&(s * sv).to_array());
+}
+
+/// Fill `out` with N(0, std²) samples, [`group16`] after group; a last partial group is drawn
+/// whole and cut, so a prefix of a longer fill from the same state gives the same values.
 pub fn fill(rng: &mut Rng, out: &mut [f32], std: f32) {
     let sv = f32x8::splat(std);
     let mut groups = out.chunks_exact_mut(16);
     for g in &mut groups {
-        let (c, s) = pairs8(rng);
-        g[..8].copy_from_slice(&(c * sv).to_array());
-        g[8..].copy_from_slice(&(s * sv).to_array());
+        group16(rng, sv, g);
     }
     let rest = groups.into_remainder();
     if !rest.is_empty() {
-        let (c, s) = pairs8(rng);
         let mut t = [0f32; 16];
-        t[..8].copy_from_slice(&(c * sv).to_array());
-        t[8..].copy_from_slice(&(s * sv).to_array());
+        group16(rng, sv, &mut t);
         let n = rest.len();
         rest.copy_from_slice(&t[..n]);
     }
