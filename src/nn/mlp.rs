@@ -45,7 +45,8 @@ impl Mlp {
         self.layers.last().unwrap().dout
     }
 
-    fn act_of(&self, l: usize) -> Act {
+    /// The activation after layer `l` (none after the last).
+    pub fn act_of(&self, l: usize) -> Act {
         if l + 1 == self.layers.len() {
             Act::None
         } else {
@@ -65,13 +66,27 @@ impl Mlp {
 
     /// Forward a batch of `n` rows; the output is `cache.outs.last()`.
     pub fn forward<'c>(&self, x: &[f32], n: usize, cache: &'c mut MlpCache) -> &'c [f32] {
+        let l0 = &self.layers[0];
+        l0.forward(x, n, self.act_of(0), self.first_out(n, cache));
+        self.forward_upper(n, cache)
+    }
+
+    /// The first layer's output buffer (`n x dims[1]`), for a caller that forms that layer's
+    /// output itself and then runs [`Self::forward_upper`].
+    pub fn first_out<'c>(&self, n: usize, cache: &'c mut MlpCache) -> &'c mut [f32] {
         cache.outs.resize_with(self.layers.len(), Vec::new);
-        for (l, layer) in self.layers.iter().enumerate() {
+        let out = &mut cache.outs[0];
+        out.resize(n * self.layers[0].dout, 0.0);
+        out
+    }
+
+    /// Forward of layers 1.. from the first layer's output ([`Self::first_out`]).
+    pub fn forward_upper<'c>(&self, n: usize, cache: &'c mut MlpCache) -> &'c [f32] {
+        for (l, layer) in self.layers.iter().enumerate().skip(1) {
             let (prev, rest) = cache.outs.split_at_mut(l);
-            let input: &[f32] = if l == 0 { x } else { &prev[l - 1] };
             let out = &mut rest[0];
             out.resize(n * layer.dout, 0.0);
-            layer.forward(input, n, self.act_of(l), out);
+            layer.forward(&prev[l - 1], n, self.act_of(l), out);
         }
         cache.outs.last().unwrap()
     }
@@ -87,6 +102,20 @@ impl Mlp {
         grads: &mut [LinearGrad],
         dx: Option<&mut [f32]>,
     ) {
+        self.backward_upper(n, cache, dout, grads);
+        let ga = &cache.grad_a[..n * self.layers[0].dout];
+        self.layers[0].backward_pre(x, ga, n, &mut grads[0], dx.map(|d| (d, None)), false);
+    }
+
+    /// The backward of layers 1.. (their parameter gradients into `grads`), down to
+    /// dL/d(pre-activation of the first layer), which [`Self::first_pre_grad`] then gives.
+    pub fn backward_upper(
+        &self,
+        n: usize,
+        cache: &mut MlpCache,
+        dout: &[f32],
+        grads: &mut [LinearGrad],
+    ) {
         let nl = self.layers.len();
         // the two gradient buffers only grow (to the widest layer), and each layer uses the
         // front of them: every entry it reads was written first, so they are never zeroed
@@ -98,28 +127,24 @@ impl Mlp {
             &mut cache.grad_a[..dout.len()],
             self.act_of(nl - 1),
         );
-        let mut dx = dx;
-        for l in (0..nl).rev() {
+        for l in (1..nl).rev() {
             let layer = &self.layers[l];
-            let input: &[f32] = if l == 0 { x } else { &cache.outs[l - 1] };
-            let want_dx = l > 0 || dx.is_some();
+            let input: &[f32] = &cache.outs[l - 1];
             grow(&mut cache.grad_b, n * layer.din);
             let ga = &cache.grad_a[..n * layer.dout];
             let gb = &mut cache.grad_b[..n * layer.din];
-            // grad_a holds dL/d(pre-activation) of layer l; the input gradient of a hidden
-            // layer comes out of the product already through the activation below it
-            let target = if !want_dx {
-                None
-            } else if l == 0 {
-                dx.as_deref_mut().map(|d| (d, None))
-            } else {
-                Some((gb, Some((input, self.act_of(l - 1)))))
-            };
+            // grad_a holds dL/d(pre-activation) of layer l; the input gradient comes out of
+            // the product already through the activation below it
+            let target = Some((gb, Some((input, self.act_of(l - 1)))));
             layer.backward_pre(input, ga, n, &mut grads[l], target, false);
-            if l > 0 {
-                std::mem::swap(&mut cache.grad_a, &mut cache.grad_b);
-            }
+            std::mem::swap(&mut cache.grad_a, &mut cache.grad_b);
         }
+    }
+
+    /// dL/d(pre-activation of the first layer) (`n x dims[1]`) after
+    /// [`Self::backward_upper`] (or [`Self::backward`]).
+    pub fn first_pre_grad<'c>(&self, n: usize, cache: &'c MlpCache) -> &'c [f32] {
+        &cache.grad_a[..n * self.layers[0].dout]
     }
 
     /// [`Self::backward`] computing only the input-gradient columns `cols` into `dx`
