@@ -103,10 +103,36 @@ proptest! {
         }}
         for isa in Isa::available() {
             let mut c = vec![f32::NAN; m * n]; // beta = 0 must not read C
-            gemm_ex(isa, false, false, m, n, k, 1.0, &a, &b, 0.0, &mut c, Epilogue { bias: Some(&bias), act, grad_of: None });
+            gemm_ex(isa, false, false, m, n, k, 1.0, &a, &b, 0.0, &mut c, Epilogue { bias: Some(&bias), act, ..Epilogue::NONE });
             for (x, y) in c.iter().zip(&want) {
                 prop_assert!(close(*x, *y as f64, 1e-5, 1e-4), "{:?} {:?}: {} vs {}", isa, act, x, y);
             }
+        }
+    }
+
+    #[test]
+    fn gemm_epilogue_bias_rows_add_each_rows_table_row(
+        m in 1usize..40, n in 1usize..50, k in 0usize..600, ta: bool, tb: bool, g in 1usize..5,
+        seed in 0u64..1000, act in prop::sample::select(vec![Act::None, Act::Tanh, Act::Sigmoid])
+    ) {
+        // row i of C adds row bias_rows[i] of the table, then the activation: the bits of a
+        // plain product followed by those two steps row by row, on every order of the product
+        let mut r = ddrm::util::rng::Rng::new(seed);
+        let mut rv = |len: usize| (0..len).map(|_| r.uniform_f32() * 2.0 - 1.0).collect::<Vec<f32>>();
+        let (a, b, table) = (rv(m * k), rv(k * n), rv(g * n));
+        let rows: Vec<u32> = (0..m).map(|i| ((i * 7 + seed as usize) % g) as u32).collect();
+        for isa in Isa::available() {
+            let mut want = vec![0f32; m * n];
+            gemm_ex(isa, ta, tb, m, n, k, 1.0, &a, &b, 0.0, &mut want, Epilogue::NONE);
+            for (i, row) in want.chunks_exact_mut(n).enumerate() {
+                let t = &table[rows[i] as usize * n..(rows[i] as usize + 1) * n];
+                for (v, x) in row.iter_mut().zip(t) { *v += x; }
+                ew::activate_inplace(row, act);
+            }
+            let mut got = vec![f32::NAN; m * n];
+            let epi = Epilogue { bias: Some(&table), bias_rows: Some(&rows), act, grad_of: None };
+            gemm_ex(isa, ta, tb, m, n, k, 1.0, &a, &b, 0.0, &mut got, epi);
+            prop_assert_eq!(got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), want.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), "{:?} {:?} m{} n{} k{}", isa, act, m, n, k);
         }
     }
 
@@ -148,7 +174,7 @@ proptest! {
         let mut r = ddrm::util::rng::Rng::new(seed);
         let mut rv = |len: usize| (0..len).map(|_| r.uniform_f32() * 2.0 - 1.0).collect::<Vec<f32>>();
         let (a, b, c0, bias) = (rv(m * k), rv(k * n), rv(m * n), rv(n));
-        let epi = Epilogue { bias: Some(&bias), act, grad_of: None };
+        let epi = Epilogue { bias: Some(&bias), act, ..Epilogue::NONE };
         for isa in Isa::available() {
             let (mut x, mut y) = (c0.clone(), c0.clone());
             gemm_ex(isa, ta, tb, m, n, k, 0.7, &a, &b, beta, &mut x, epi);
@@ -191,7 +217,7 @@ proptest! {
         let mut r = ddrm::util::rng::Rng::new(seed);
         let mut rv = |len: usize| (0..len).map(|_| r.uniform_f32() * 2.0 - 1.0).collect::<Vec<f32>>();
         let (a, b, c0, bias) = (rv(m * k), rv(k * n), rv(m * n), rv(n));
-        let epi = Epilogue { bias: Some(&bias), act, grad_of: None };
+        let epi = Epilogue { bias: Some(&bias), act, ..Epilogue::NONE };
         for isa in Isa::available() {
             let (mut x, mut y) = (c0.clone(), c0.clone());
             let mut sums = vec![0f32; n];

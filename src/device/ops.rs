@@ -326,6 +326,7 @@ impl Ops for CpuOps {
             &mut c[..m * n],
             Epilogue {
                 bias: ep.bias.map(|v| &v[..n]),
+                bias_rows: None,
                 act: ep.act,
                 grad_of: ep.grad_of.map(|(y, a)| (&y[..m * n], a)),
             },

@@ -16,7 +16,6 @@ use crate::kernels::cpu::{gemm, gemm_ex, gemm_ex_col_sums, Act, Epilogue, Isa};
 use crate::nn::step_embedding::timestep_encoding;
 use crate::nn::{Linear, LinearGrad, Mlp, MlpCache};
 use crate::util::rng::Rng;
-use rayon::prelude::*;
 
 /// A denoiser for embeddings of width `d`.
 #[derive(Clone, Debug)]
@@ -381,8 +380,10 @@ impl Denoiser {
             }
             row[d..].copy_from_slice(&cond[r * d..(r + 1) * d]);
         }
+        // each row plus its step's row of the table, then the activation, in the epilogue
         let out = self.mlp.first_out(n, &mut cache.mlp);
-        gemm(
+        gemm_ex(
+            isa,
             false,
             false,
             n,
@@ -393,20 +394,13 @@ impl Denoiser {
             &cache.w_xc,
             0.0,
             out,
+            Epilogue {
+                bias: Some(&cache.table),
+                bias_rows: Some(&cache.group),
+                act: self.mlp.act_of(0),
+                grad_of: None,
+            },
         );
-        // each row plus its step's row of the table, then the activation
-        let (table, group, act) = (&cache.table, &cache.group, self.mlp.act_of(0));
-        out.par_chunks_mut(h * ROWS_PER_TASK)
-            .enumerate()
-            .for_each(|(t, rows)| {
-                for (i, row) in rows.chunks_exact_mut(h).enumerate() {
-                    let q = group[t * ROWS_PER_TASK + i] as usize;
-                    for (v, b) in row.iter_mut().zip(&table[q * h..(q + 1) * h]) {
-                        *v += b;
-                    }
-                    crate::kernels::cpu::elementwise::activate_inplace(row, act);
-                }
-            });
         self.mlp.forward_upper(n, &mut cache.mlp)
     }
 
@@ -594,9 +588,6 @@ impl Denoiser {
         }
     }
 }
-
-/// Rows per task of the first layer's row pass (table row added, activation).
-const ROWS_PER_TASK: usize = 64;
 
 /// The distinct values of `steps` in increasing order (`uniq`) and each row's index among
 /// them (`group`). Values are told apart by their bits (-0 and 0 are two steps), ordered by

@@ -72,7 +72,7 @@ impl Linear {
             Epilogue {
                 bias: Some(&self.b),
                 act,
-                grad_of: None,
+                ..Epilogue::NONE
             },
         );
     }

@@ -60,8 +60,11 @@ pub enum Act {
 /// ([`Self::grad_of`]).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Epilogue<'a> {
-    /// Per-column bias (length n), or none.
+    /// Per-column bias (length n), or none; with [`Self::bias_rows`], a table of bias rows.
     pub bias: Option<&'a [f32]>,
+    /// Row i of C adds row `bias_rows[i]` of the table `bias` (rows of n values) instead of
+    /// one bias for every row (length m; each entry below the table's row count).
+    pub bias_rows: Option<&'a [u32]>,
     /// Activation.
     pub act: Act,
     /// `(y, a)`: multiply C by `a'` expressed through the activation's output `y` (an
@@ -74,6 +77,7 @@ impl Epilogue<'_> {
     /// No bias, no activation.
     pub const NONE: Epilogue<'static> = Epilogue {
         bias: None,
+        bias_rows: None,
         act: Act::None,
         grad_of: None,
     };
@@ -267,6 +271,13 @@ fn gemm_core(
     ) {
         panic!("{why}");
     }
+    if let Some(rows) = epi.bias_rows {
+        let table = epi.bias.map_or(0, <[f32]>::len) / n.max(1);
+        assert!(
+            rows.len() >= m && rows[..m].iter().all(|&r| (r as usize) < table),
+            "gemm: bias_rows needs m = {m} entries, each below the bias table's {table} rows"
+        );
+    }
     if m == 0 || n == 0 {
         return;
     }
@@ -278,7 +289,7 @@ fn gemm_core(
                 for v in row.iter_mut() {
                     *v = if beta == 0.0 { 0.0 } else { *v * beta };
                 }
-                apply_epilogue(row, epi, i * n);
+                apply_epilogue(row, epi_cols(epi, i, n, 0, n), i * n);
             });
         return;
     }
@@ -778,7 +789,7 @@ unsafe fn epilogue_region(
         let row = std::slice::from_raw_parts_mut(c.add(i * ldc + cols.start), cols.len());
         apply_epilogue(
             row,
-            epi_cols(epi, cols.start, cols.end),
+            epi_cols(epi, i, ldc, cols.start, cols.end),
             i * ldc + cols.start,
         );
     }
@@ -789,9 +800,13 @@ thread_local! {
 }
 
 /// The epilogue restricted to columns `c0..c1` (the bias slice; `grad_of` keeps its matrix).
-fn epi_cols(epi: Epilogue, c0: usize, c1: usize) -> Epilogue {
+/// The epilogue of row `i` of C (row stride `ldc`) restricted to columns `c0..c1` (the bias
+/// slice, from the row's table row with `bias_rows`; `grad_of` keeps its matrix).
+fn epi_cols(epi: Epilogue, i: usize, ldc: usize, c0: usize, c1: usize) -> Epilogue {
+    let at = epi.bias_rows.map_or(0, |r| r[i] as usize * ldc);
     Epilogue {
-        bias: epi.bias.map(|b| &b[c0..c1]),
+        bias: epi.bias.map(|b| &b[at + c0..at + c1]),
+        bias_rows: None,
         ..epi
     }
 }
