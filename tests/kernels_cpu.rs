@@ -206,6 +206,45 @@ proptest! {
     }
 
     #[test]
+    fn avx512_tiles_give_the_bits_of_the_avx2_tiles(
+        m in 1usize..160, n in 1usize..200, k in 1usize..1100, ta: bool, tb: bool,
+        wide_n: bool, seed in 0u64..1000, threads in 1usize..4,
+        alpha in prop::sample::select(vec![1.0f32, 0.7]),
+        beta in prop::sample::select(vec![0.0f32, 1.0, -0.5]),
+        act in prop::sample::select(vec![Act::None, Act::Tanh])
+    ) {
+        // the AVX-512 path (6 x 32 tiles over pairs of B panels, 6 x 16 for a lone full
+        // panel) forms every element by the same chain of FMAs as the AVX2 6 x 16 tiles, in
+        // every order (block-outer, deep-K, task-local B; `wide_n` takes B past deep-K's
+        // 1 MiB), with any thread count: the bits must be equal, column sums included
+        if !Isa::Avx512.is_available() {
+            return Ok(()); // `avx512_availability_is_reported` says so once
+        }
+        let n = if wide_n { n + 400 } else { n };
+        let mut r = ddrm::util::rng::Rng::new(seed);
+        let mut rv = |len: usize| (0..len).map(|_| r.uniform_f32() * 2.0 - 1.0).collect::<Vec<f32>>();
+        let (a, b, c0, bias) = (rv(m * k), rv(k * n), rv(m * n), rv(n));
+        let epi = Epilogue { bias: Some(&bias), act, ..Epilogue::NONE };
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        let run = |isa: Isa, order: usize| {
+            let mut c = c0.clone();
+            let mut sums = vec![0f32; n];
+            pool.install(|| match order {
+                0 => gemm_ex_col_sums(isa, ta, tb, m, n, k, alpha, &a, &b, beta, &mut c, epi, &mut sums),
+                _ => gemm_ex_block_outer(isa, ta, tb, m, n, k, alpha, &a, &b, beta, &mut c, epi),
+            });
+            (c, sums)
+        };
+        for order in 0..2 {
+            let (x, xs) = run(Isa::Avx512, order);
+            let (y, ys) = run(Isa::Avx2Fma, order);
+            prop_assert_eq!(bits(&x), bits(&y), "order {} m{} n{} k{} ta {} tb {}", order, m, n, k, ta, tb);
+            prop_assert_eq!(bits(&xs), bits(&ys), "sums, order {}", order);
+        }
+    }
+
+    #[test]
     fn wide_transposed_a_order_equals_block_outer_order(
         m in 1usize..40, n in 330usize..700, k in 257usize..900, tb: bool, seed in 0u64..1000,
         beta in prop::sample::select(vec![0.0f32, 1.0]),
@@ -533,10 +572,19 @@ proptest! {
     }
 }
 
+/// Says on the test output when the AVX-512 comparisons had nothing to compare.
+#[test]
+fn avx512_availability_is_reported() {
+    if !Isa::Avx512.is_available() {
+        eprintln!("skipped: no AVX-512F on this CPU; the AVX-512 GEMM tiles are not exercised");
+    }
+    assert_eq!(Isa::Avx512.is_available(), Isa::available().contains(&Isa::Avx512));
+}
+
 /// `Isa::is_available` (the kernels' entry check) agrees with the list the tests iterate.
 #[test]
 fn isa_availability_agrees() {
-    for isa in [Isa::Portable, Isa::Avx2Fma] {
+    for isa in [Isa::Portable, Isa::Avx2Fma, Isa::Avx512] {
         assert_eq!(
             isa.is_available(),
             Isa::available().contains(&isa),

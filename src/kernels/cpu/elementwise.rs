@@ -153,7 +153,7 @@ pub fn unary_inplace_with(isa: Isa, x: &mut [f32], op: Unary) {
         let n8 = chunk.len() / 8 * 8;
         let (body, tail) = chunk.split_at_mut(n8);
         #[cfg(target_arch = "x86_64")]
-        let done = if isa == Isa::Avx2Fma {
+        let done = if isa.has_avx2() {
             // SAFETY: AVX2 and FMA are available (asserted on entry); `body` holds whole
             // vectors.
             unsafe { avx::unary(body, op) };
@@ -328,7 +328,7 @@ pub fn exp_shifted_sum_with(isa: Isa, x: &mut [f32], shift: f32) -> f64 {
     let n8 = x.len() / 8 * 8;
     let (body, tail) = x.split_at_mut(n8);
     #[cfg(target_arch = "x86_64")]
-    let lanes: Option<[f32; 8]> = if isa == Isa::Avx2Fma {
+    let lanes: Option<[f32; 8]> = if isa.has_avx2() {
         assert!(
             isa.is_available(),
             "element-wise: instruction set {} is not available on this CPU",
@@ -422,7 +422,7 @@ pub fn activation_backward_seq_with(isa: Isa, y: &[f32], g: &mut [f32], act: Act
     );
     let n8 = y.len() / 8 * 8;
     #[cfg(target_arch = "x86_64")]
-    let done = if isa == Isa::Avx2Fma {
+    let done = if isa.has_avx2() {
         assert!(
             isa.is_available(),
             "element-wise: instruction set {} is not available on this CPU",

@@ -295,14 +295,14 @@ fn gemm_core(
     }
     let threads = rayon::current_num_threads().max(1);
     let m_panels = m.div_ceil(MR);
-    let direct_a = cfg!(target_arch = "x86_64") && isa == Isa::Avx2Fma;
+    let direct_a = cfg!(target_arch = "x86_64") && isa.has_avx2();
     // K spans several blocks and B, packed to its full depth, fits in 1 MiB: the deep-K
     // order keeps each task's tile of C in cache across the blocks (4-8% faster at the
     // denoiser's K = 1000 and K = 2048 shapes; with a larger B, e.g. dW of 138 x 1000 over
     // K = 2048 (8 MB), the block-outer order below is faster)
     #[cfg(target_arch = "x86_64")]
     if direct_a && k > KC && n <= NC && n.div_ceil(NR) * NR * k <= DEEP_K_MAX_B && !block_outer {
-        deep_k(ta, tb, m, n, k, alpha, a, b, beta, c, epi, b_col_sums);
+        deep_k(isa, ta, tb, m, n, k, alpha, a, b, beta, c, epi, b_col_sums);
         return;
     }
     // Aᵀ read in place over several K blocks with a B too large for deep-K and few rows (dW =
@@ -311,7 +311,7 @@ fn gemm_core(
     // 2048, in 14 of 16 quantiles of an interleaved A/B)
     #[cfg(target_arch = "x86_64")]
     if direct_a && ta && k > KC && m <= LOCAL_B_MAX_M && !block_outer {
-        local_b(tb, m, n, k, alpha, a, b, beta, c, epi, b_col_sums);
+        local_b(isa, tb, m, n, k, alpha, a, b, beta, c, epi, b_col_sums);
         return;
     }
     // packing buffers reused across calls (taken out of the thread-local, so a nested call
@@ -354,16 +354,16 @@ fn gemm_core(
             pack_b_panels(b, tb, n, k, jc, nc, pc, kc, &mut bp, sums);
             let beta_eff = if pc == 0 { beta } else { 1.0 };
             let last = pc + kc == k;
-            let grid = TaskGrid::new(m, n_panels, threads);
+            let grid = TaskGrid::new(m, n_panels, threads, isa);
             let (ap, bp) = (&ap, &bp);
             (0..grid.tasks()).into_par_iter().for_each(|task| {
                 let (i0, i1, jp0, jp1) = grid.task(task);
                 // B micro-panel outer (stays in L1), A micro-panels of the MC block inner
                 // (the block stays in L2)
-                for jp in jp0..jp1 {
+                for (jp, np) in panel_steps(isa, jp0, jp1, nc) {
                     let col = jc + jp * NR;
-                    let cols = NR.min(jc + nc - col);
-                    let b_panel = &bp[jp * NR * kc..(jp + 1) * NR * kc];
+                    let cols = (np * NR).min(jc + nc - col);
+                    let b_panels = &bp[jp * NR * kc..(jp + np) * NR * kc];
                     for ip in (i0 / MR)..i1.div_ceil(MR) {
                         let rows = MR.min(m - ip * MR);
                         let a_panel = &ap[ip * MR * kc..(ip + 1) * MR * kc];
@@ -378,12 +378,15 @@ fn gemm_core(
                                 } else {
                                     (ip * MR * k + pc, k, 1)
                                 };
-                                avx2::tile(
+                                tile_np(
+                                    isa,
+                                    np,
                                     kc,
                                     a.as_ptr().add(off),
                                     rs,
                                     cs,
-                                    b_panel,
+                                    b_panels.as_ptr(),
+                                    NR * kc,
                                     cp,
                                     n,
                                     rows,
@@ -395,9 +398,20 @@ fn gemm_core(
                                 );
                                 continue;
                             }
-                            micro_kernel(
-                                isa, kc, a_panel, b_panel, cp, n, rows, cols, alpha, beta_eff,
-                            );
+                            for q in 0..np {
+                                micro_kernel(
+                                    isa,
+                                    kc,
+                                    a_panel,
+                                    &b_panels[q * NR * kc..],
+                                    cp.add(q * NR),
+                                    n,
+                                    rows,
+                                    NR.min(cols - q * NR),
+                                    alpha,
+                                    beta_eff,
+                                );
+                            }
                         }
                     }
                 }
@@ -420,6 +434,7 @@ fn gemm_core(
 #[cfg(target_arch = "x86_64")]
 #[allow(clippy::too_many_arguments)]
 fn deep_k(
+    isa: Isa,
     ta: bool,
     tb: bool,
     m: usize,
@@ -442,12 +457,14 @@ fn deep_k(
     // B panels to full depth; the column sums in row order, panel by panel
     pack_b_panels(b, tb, n, k, 0, n, 0, k, &mut bp, b_col_sums);
     let cptr = SendPtr(c.as_mut_ptr());
-    let grid = TaskGrid::new(m, n_panels, threads);
+    let grid = TaskGrid::new(m, n_panels, threads, isa);
     let (apv, bpv) = (ap, bp);
     let (ap, bp) = (&apv, &bpv);
     (0..grid.tasks()).into_par_iter().for_each(|task| {
         let (i0, i1, jp0, jp1) = grid.task(task);
         let mut apk = [0f32; MR * KC];
+        // written (packed copy) and read through this one pointer only
+        let apk = apk.as_mut_ptr();
         for pc in (0..k).step_by(KC) {
             let kc = KC.min(k - pc);
             let beta_eff = if pc == 0 { beta } else { 1.0 };
@@ -456,55 +473,71 @@ fn deep_k(
             // K = 2048) rather than streaming the strided A panels past one B panel (15-30%
             // faster at the denoiser's dW 1000x100 and 1000x64 in an interleaved A/B)
             let a_outer = ta;
-            let (o0, o1, q0, q1) = if a_outer {
-                ((i0 / MR), i1.div_ceil(MR), jp0, jp1)
-            } else {
-                (jp0, jp1, (i0 / MR), i1.div_ceil(MR))
-            };
-            // Aᵀ: the first B panel's pass also packs the A panel it reads into `apk`, and the
-            // task's other B panels read that contiguous copy (4% faster at dW 1000x100 and
+            let steps = panel_steps(isa, jp0, jp1, n);
+            let n_steps = steps.clone().count();
+            // Aᵀ: the first B step's pass also packs the A panel it reads into `apk`, and the
+            // task's other B steps read that contiguous copy (4% faster at dW 1000x100 and
             // 1000x64; the same values in the same order, so the same bits)
-            let copy_a = a_outer && q1 - q0 > 1 && NR.min(n - q0 * NR) == NR;
-            for outer in o0..o1 {
-                let mut packed_ok = false;
-                for inner in q0..q1 {
-                    let (jp, ip) = if a_outer {
-                        (inner, outer)
+            let copy_a = a_outer && n_steps > 1 && NR.min(n - jp0 * NR) == NR;
+            // one A panel against one step of B panels (`first`: the task's first step)
+            let run = |ip: usize, jp: usize, np: usize, first: bool, packed_ok: &mut bool| {
+                let col = jp * NR;
+                let cols = (np * NR).min(n - col);
+                let rows = MR.min(m - ip * MR);
+                // SAFETY: each task owns a disjoint (rows, cols) region of C; a full panel
+                // read in place lies inside A (checked on entry), the tail panel is packed;
+                // the step's panels lie inside the packed B.
+                unsafe {
+                    let cp = cptr.get().add(ip * MR * n + col);
+                    let (mut ptr, mut rs, mut cs) = a_panel(a, ap, ta, m, k, ip, pc);
+                    let full = rows == MR;
+                    if *packed_ok {
+                        (ptr, rs, cs) = (apk as *const f32, 1, MR);
+                    }
+                    // the first B step's pass is the first touch of the panel's rows of Aᵀ
+                    // (a cache line per K step, a stride the hardware prefetcher misses):
+                    // prefetch them PF_AHEAD steps ahead there, and only there (5-6% faster
+                    // at dW 1000x100 and 1000x64; same bits)
+                    let pf = if a_outer && first { PF_AHEAD * cs } else { 0 };
+                    let want_copy = copy_a && full && first && rs == 1 && cs != MR;
+                    let dst = if want_copy {
+                        apk
                     } else {
-                        (outer, inner)
+                        std::ptr::null_mut()
                     };
-                    let col = jp * NR;
-                    let cols = NR.min(n - col);
-                    let b_panel = &bp[jp * NR * k + pc * NR..jp * NR * k + (pc + kc) * NR];
-                    let rows = MR.min(m - ip * MR);
-                    // SAFETY: each task owns a disjoint (rows, cols) region of C; a full panel
-                    // read in place lies inside A (checked on entry), the tail panel is packed.
-                    unsafe {
-                        let cp = cptr.get().add(ip * MR * n + col);
-                        let (mut ptr, mut rs, mut cs) = a_panel(a, ap, ta, m, k, ip, pc);
-                        let full = rows == MR;
-                        if packed_ok {
-                            (ptr, rs, cs) = (apk.as_ptr(), 1, MR);
-                        }
-                        // the first B panel's pass is the first touch of the panel's rows of
-                        // Aᵀ (a cache line per K step, a stride the hardware prefetcher
-                        // misses): prefetch them PF_AHEAD steps ahead there, and only there
-                        // (5-6% faster at dW 1000x100 and 1000x64; same bits)
-                        let pf = if a_outer && inner == q0 {
-                            PF_AHEAD * cs
-                        } else {
-                            0
-                        };
-                        let want_copy = copy_a && full && inner == q0 && rs == 1 && cs != MR;
-                        let dst = if want_copy {
-                            apk.as_mut_ptr()
-                        } else {
-                            std::ptr::null_mut()
-                        };
-                        avx2::tile(
-                            kc, ptr, rs, cs, b_panel, cp, n, rows, cols, alpha, beta_eff, pf, dst,
-                        );
-                        packed_ok |= want_copy;
+                    let b_panels = bp.as_ptr().add(jp * NR * k + pc * NR);
+                    tile_np(
+                        isa,
+                        np,
+                        kc,
+                        ptr,
+                        rs,
+                        cs,
+                        b_panels,
+                        NR * k,
+                        cp,
+                        n,
+                        rows,
+                        cols,
+                        alpha,
+                        beta_eff,
+                        pf,
+                        dst,
+                    );
+                    *packed_ok |= want_copy;
+                }
+            };
+            if a_outer {
+                for ip in (i0 / MR)..i1.div_ceil(MR) {
+                    let mut packed_ok = false;
+                    for (s, (jp, np)) in steps.clone().enumerate() {
+                        run(ip, jp, np, s == 0, &mut packed_ok);
+                    }
+                }
+            } else {
+                for (s, (jp, np)) in steps.enumerate() {
+                    for ip in (i0 / MR)..i1.div_ceil(MR) {
+                        run(ip, jp, np, s == 0, &mut false);
                     }
                 }
             }
@@ -530,6 +563,7 @@ thread_local! {
 #[cfg(target_arch = "x86_64")]
 #[allow(clippy::too_many_arguments)]
 fn local_b(
+    isa: Isa,
     tb: bool,
     m: usize,
     n: usize,
@@ -546,7 +580,10 @@ fn local_b(
     let m_panels = m.div_ceil(MR);
     let n_panels = n.div_ceil(NR);
     // about four chunks per thread, at most 8 panels (128 KiB of B per K block) each
-    let per = n_panels.div_ceil(4 * threads).clamp(1, 8);
+    let mut per = n_panels.div_ceil(4 * threads).clamp(1, 8);
+    if isa == Isa::Avx512 && n_panels > 1 {
+        per += per % 2; // whole pairs of panels (see `panel_steps`)
+    }
     let n_chunks = n_panels.div_ceil(per);
     let (mut ap, bp) = PACK.with(|p| std::mem::take(&mut *p.borrow_mut()));
     // the partial last panel of A, packed to its full depth
@@ -564,7 +601,8 @@ fn local_b(
         // step, read in place anyway) into `al`; the task's other B panels read that packed
         // copy, a contiguous 6 KB, instead of a cache line per step (2-3% faster at dW
         // 138x1000 and 100x1000; same values in the same order, so the same bits)
-        let copy_a = jp1 - jp0 > 1 && NR.min(n - jp0 * NR) == NR;
+        let steps = panel_steps(isa, jp0, jp1, n);
+        let copy_a = steps.clone().count() > 1 && NR.min(n - jp0 * NR) == NR;
         let mut al = TASK_A.with(|p| std::mem::take(&mut *p.borrow_mut()));
         if copy_a {
             al.resize(al.len().max(m_panels * MR * KC), 0.0);
@@ -582,12 +620,12 @@ fn local_b(
                     add_panel_col_sums(s, d, kc);
                 }
             }
-            for jp in jp0..jp1 {
+            for (jp, np) in steps.clone() {
                 for ip in 0..m_panels {
                     let rows = MR.min(m - ip * MR);
                     let col = jp * NR;
-                    let cols = NR.min(n - col);
-                    let b_panel = &bl[(jp - jp0) * NR * kc..(jp - jp0 + 1) * NR * kc];
+                    let cols = (np * NR).min(n - col);
+                    let b_panels = &bl[(jp - jp0) * NR * kc..(jp - jp0 + np) * NR * kc];
                     // SAFETY: each task owns columns c0..c1 of C; a full panel read in place
                     // lies inside A (checked on entry), the tail panel is packed.
                     unsafe {
@@ -605,8 +643,23 @@ fn local_b(
                         } else {
                             std::ptr::null_mut()
                         };
-                        avx2::tile(
-                            kc, ptr, rs, cs, b_panel, cp, n, rows, cols, alpha, beta_eff, pf, dst,
+                        tile_np(
+                            isa,
+                            np,
+                            kc,
+                            ptr,
+                            rs,
+                            cs,
+                            b_panels.as_ptr(),
+                            NR * kc,
+                            cp,
+                            n,
+                            rows,
+                            cols,
+                            alpha,
+                            beta_eff,
+                            pf,
+                            dst,
                         );
                     }
                 }
@@ -715,6 +768,92 @@ fn add_panel_col_sums(s: &mut [f32], d: &[f32], kc: usize) {
     s.copy_from_slice(&acc[..cols]);
 }
 
+/// Column panels `jp0..jp1` of a B with `n` columns as steps `(jp, np)`: on AVX-512, pairs
+/// of full panels (`np` = 2, one 6 x 32 tile per A panel, see [`tile_np`]), and single panels
+/// where no full pair is left; elsewhere one panel at a time.
+fn panel_steps(
+    isa: Isa,
+    jp0: usize,
+    jp1: usize,
+    n: usize,
+) -> impl Iterator<Item = (usize, usize)> + Clone {
+    let pair = isa == Isa::Avx512;
+    let mut jp = jp0;
+    std::iter::from_fn(move || {
+        if jp >= jp1 {
+            return None;
+        }
+        let np = if pair && jp + 1 < jp1 && (jp + 2) * NR <= n {
+            2
+        } else {
+            1
+        };
+        let step = (jp, np);
+        jp += np;
+        Some(step)
+    })
+}
+
+/// One A panel read through `(a, rs, cs)` (see [`avx2::kernel_strided`]) against `np` (1 or
+/// 2) adjacent packed B panels `bs` floats apart: C's `rows x cols` block at `c` (row stride
+/// `ldc`, `cols` ≤ np · NR), `pf` and `packed` as in [`avx2::tile`]. On AVX-512 a full block
+/// runs as one 6 x 16·np tile in 512-bit registers (12 accumulators for a pair: 1.45x the
+/// 6 x 16 AVX2 tile's rate in L1 on a Xeon with two 512-bit FMA units); everything else as
+/// [`avx2::tile`], panel by panel. Every element of C is the same chain of FMAs over K in
+/// every path (`acc = a·b + acc`, then `alpha·acc (+ beta·C)`), so the same bits.
+///
+/// # Safety
+/// As [`avx2::tile`], for each of the `np` panels; the ISA must be available.
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+#[inline]
+unsafe fn tile_np(
+    isa: Isa,
+    np: usize,
+    kc: usize,
+    a: *const f32,
+    rs: usize,
+    cs: usize,
+    b: *const f32,
+    bs: usize,
+    c: *mut f32,
+    ldc: usize,
+    rows: usize,
+    cols: usize,
+    alpha: f32,
+    beta: f32,
+    pf: usize,
+    packed: *mut f32,
+) {
+    if isa == Isa::Avx512 && rows == MR && cols == np * NR {
+        avx512::tile(np, kc, a, rs, cs, b, bs, c, ldc, alpha, beta, pf, packed);
+        return;
+    }
+    for q in 0..np {
+        let b_panel = std::slice::from_raw_parts(b.add(q * bs), kc * NR);
+        let (pf, packed) = if q == 0 {
+            (pf, packed)
+        } else {
+            (0, std::ptr::null_mut())
+        };
+        avx2::tile(
+            kc,
+            a,
+            rs,
+            cs,
+            b_panel,
+            c.add(q * NR),
+            ldc,
+            rows,
+            NR.min(cols - q * NR),
+            alpha,
+            beta,
+            pf,
+            packed,
+        );
+    }
+}
+
 /// The tasks over C: blocks of at most MC rows times chunks of column panels, about four
 /// tasks per thread.
 #[derive(Clone, Copy, Debug)]
@@ -733,7 +872,7 @@ impl TaskGrid {
     /// threads has 30 blocks of 11-12 panels rather than 28 of 72 rows and one of 32, so
     /// neither thread waits for the other's extra block. Which task computes an element of
     /// C does not change its sum, so the bits are those of any other grid.
-    fn new(m: usize, n_panels: usize, threads: usize) -> Self {
+    fn new(m: usize, n_panels: usize, threads: usize, isa: Isa) -> Self {
         let m_panels = m.div_ceil(MR);
         let mut m_blocks = m.div_ceil(MC);
         if m_blocks >= threads {
@@ -741,7 +880,10 @@ impl TaskGrid {
         }
         let m_blocks = m_blocks.min(m_panels);
         let n_chunks = (4 * threads).div_ceil(m_blocks).clamp(1, n_panels);
-        let panels_per_chunk = n_panels.div_ceil(n_chunks);
+        let mut panels_per_chunk = n_panels.div_ceil(n_chunks);
+        if isa == Isa::Avx512 && n_panels > 1 {
+            panels_per_chunk += panels_per_chunk % 2; // whole pairs (see `panel_steps`)
+        }
         TaskGrid {
             m,
             m_panels,
@@ -911,7 +1053,7 @@ pub unsafe fn micro_kernel(
 ) {
     debug_assert!(a.len() >= kc * MR && b.len() >= kc * NR);
     #[cfg(target_arch = "x86_64")]
-    if isa == Isa::Avx2Fma && rows == MR && cols == NR {
+    if isa.has_avx2() && rows == MR && cols == NR {
         avx2::kernel_to_c(
             kc,
             a.as_ptr(),
@@ -930,11 +1072,11 @@ pub unsafe fn micro_kernel(
     let mut tile = [0f32; MR * NR];
     match isa {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2Fma if cols <= NR / 2 => {
+        Isa::Avx2Fma | Isa::Avx512 if cols <= NR / 2 => {
             avx2::kernel_strided_half(kc, a.as_ptr(), 1, MR, b.as_ptr(), &mut tile)
         }
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2Fma => avx2::kernel(kc, a.as_ptr(), b.as_ptr(), &mut tile),
+        Isa::Avx2Fma | Isa::Avx512 => avx2::kernel(kc, a.as_ptr(), b.as_ptr(), &mut tile),
         _ => portable_kernel(kc, a, b, &mut tile),
     }
     write_tile(&tile, c, ldc, rows, cols, alpha, beta);
@@ -1249,6 +1391,124 @@ mod avx2 {
     }
 }
 
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::{MR, NR};
+    use std::arch::x86_64::*;
+
+    /// [`kernel_to_c`] for `np` = 1 or 2 panels, with or without prefetch and copy.
+    ///
+    /// # Safety
+    /// As [`kernel_to_c`]; AVX-512F must be present.
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    pub unsafe fn tile(
+        np: usize,
+        kc: usize,
+        a: *const f32,
+        rs: usize,
+        cs: usize,
+        b: *const f32,
+        bs: usize,
+        c: *mut f32,
+        ldc: usize,
+        alpha: f32,
+        beta: f32,
+        pf: usize,
+        packed: *mut f32,
+    ) {
+        macro_rules! go {
+            ($np:literal) => {
+                match (pf > 0, !packed.is_null()) {
+                    (true, true) => kernel_to_c::<$np, true, true>(
+                        kc, a, rs, cs, pf, b, bs, c, ldc, alpha, beta, packed,
+                    ),
+                    (true, false) => kernel_to_c::<$np, true, false>(
+                        kc, a, rs, cs, pf, b, bs, c, ldc, alpha, beta, packed,
+                    ),
+                    (false, true) => kernel_to_c::<$np, false, true>(
+                        kc, a, rs, cs, pf, b, bs, c, ldc, alpha, beta, packed,
+                    ),
+                    (false, false) => kernel_to_c::<$np, false, false>(
+                        kc, a, rs, cs, pf, b, bs, c, ldc, alpha, beta, packed,
+                    ),
+                }
+            };
+        }
+        if np == 2 {
+            go!(2)
+        } else {
+            go!(1)
+        }
+    }
+
+    /// The full 6 x (16·NP) tile of one A panel (element (r, p) at `a[r * rs + p * cs]`)
+    /// against NP packed B panels (`bs` floats apart, 16 floats per K step), straight into C:
+    /// `C = alpha * acc + beta * C` (C not read when beta == 0). One 512-bit accumulator per
+    /// row and panel (12 for a pair), each row's A element broadcast once per step. `PF` and
+    /// `COPY` as in [`super::avx2::kernel_strided_ex`]; the product is the same.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn kernel_to_c<const NP: usize, const PF: bool, const COPY: bool>(
+        kc: usize,
+        a: *const f32,
+        rs: usize,
+        cs: usize,
+        pf: usize,
+        b: *const f32,
+        bs: usize,
+        c: *mut f32,
+        ldc: usize,
+        alpha: f32,
+        beta: f32,
+        packed: *mut f32,
+    ) {
+        debug_assert!(!COPY || rs == 1);
+        let mut acc = [[_mm512_setzero_ps(); NP]; MR];
+        let mut ap = a;
+        let mut bp = b;
+        let mut dst = packed;
+        for _ in 0..kc {
+            if PF {
+                _mm_prefetch::<_MM_HINT_T0>(ap.wrapping_add(pf) as *const i8);
+                _mm_prefetch::<_MM_HINT_T0>(ap.wrapping_add(pf + 5 * rs) as *const i8);
+            }
+            if COPY {
+                _mm_storeu_ps(dst, _mm_loadu_ps(ap));
+                (dst.add(4) as *mut u64)
+                    .write_unaligned((ap.add(4) as *const u64).read_unaligned());
+                dst = dst.add(MR);
+            }
+            let mut bv = [_mm512_setzero_ps(); NP];
+            for (q, v) in bv.iter_mut().enumerate() {
+                *v = _mm512_loadu_ps(bp.add(q * bs));
+            }
+            for (r, row) in acc.iter_mut().enumerate() {
+                let x = _mm512_set1_ps(*ap.add(r * rs));
+                for (v, &bq) in row.iter_mut().zip(&bv) {
+                    *v = _mm512_fmadd_ps(x, bq, *v);
+                }
+            }
+            ap = ap.add(cs);
+            bp = bp.add(NR);
+        }
+        let va = _mm512_set1_ps(alpha);
+        let vb = _mm512_set1_ps(beta);
+        for (r, row) in acc.iter().enumerate() {
+            for (q, &v) in row.iter().enumerate() {
+                let cp = c.add(r * ldc + q * NR);
+                let out = if beta == 0.0 {
+                    _mm512_mul_ps(va, v)
+                } else {
+                    _mm512_fmadd_ps(va, v, _mm512_mul_ps(vb, _mm512_loadu_ps(cp)))
+                };
+                _mm512_storeu_ps(cp, out);
+            }
+        }
+    }
+}
+
 /// Plain triple-loop reference (f64 accumulation), for tests.
 #[allow(clippy::too_many_arguments)]
 pub fn gemm_reference(
@@ -1289,8 +1549,11 @@ mod grid_tests {
     fn task_grid_tiles_c_once_in_whole_panels_and_even_blocks() {
         for threads in 1..=5 {
             for m in (1..700).chain([2048, 4096, 4097]) {
-                for n_panels in [1, 4, 7, 63] {
-                    let g = TaskGrid::new(m, n_panels, threads);
+                for (n_panels, isa) in [1, 4, 7, 63]
+                    .into_iter()
+                    .flat_map(|p| [(p, Isa::Avx2Fma), (p, Isa::Avx512)])
+                {
+                    let g = TaskGrid::new(m, n_panels, threads, isa);
                     let mut seen = vec![0u8; m * n_panels];
                     let mut sizes = Vec::new();
                     for t in 0..g.tasks() {
@@ -1300,6 +1563,8 @@ mod grid_tests {
                             "m {m}: rows {i0}..{i1}"
                         );
                         assert!(jp0 < jp1 && jp1 <= n_panels);
+                        // AVX-512: chunks of whole pairs of panels
+                        assert!(isa != Isa::Avx512 || jp0 % 2 == 0, "chunk at {jp0}");
                         if jp0 == 0 {
                             sizes.push(i1.div_ceil(MR) - i0 / MR);
                         }

@@ -204,12 +204,12 @@ unsafe impl Sync for SendPtr {}
 fn spmm_row(isa: Isa, cols: &[u32], vals: &[f32], x: &[f32], d: usize, orow: &mut [f32]) {
     debug_assert_eq!(cols.len(), vals.len());
     #[cfg(target_arch = "x86_64")]
-    if d >= 8 && isa == Isa::Avx2Fma {
+    if d >= 8 && isa.has_avx2() {
         assert!(
             cols.iter().all(|&c| (c as usize + 1) * d <= x.len()) && orow.len() >= d,
             "spmm: column id out of range"
         );
-        // SAFETY: AVX2 is present (`Isa::Avx2Fma` is only detected or offered when it is); every gathered row lies inside
+        // SAFETY: AVX2 is present (`Isa::has_avx2` holds only for an ISA detected or offered when it is); every gathered row lies inside
         // `x` and the output row inside `orow` (checked just above).
         let c0 = unsafe { avx::row(cols, vals, x, d, orow) };
         portable_row_from(cols, vals, x, d, orow, c0);
