@@ -578,7 +578,10 @@ fn avx512_availability_is_reported() {
     if !Isa::Avx512.is_available() {
         eprintln!("skipped: no AVX-512F on this CPU; the AVX-512 GEMM tiles are not exercised");
     }
-    assert_eq!(Isa::Avx512.is_available(), Isa::available().contains(&Isa::Avx512));
+    assert_eq!(
+        Isa::Avx512.is_available(),
+        Isa::available().contains(&Isa::Avx512)
+    );
 }
 
 /// `Isa::is_available` (the kernels' entry check) agrees with the list the tests iterate.
