@@ -486,8 +486,9 @@ fn deep_k(
     let (ap, bp) = (&apv, &bpv);
     (0..grid.tasks()).into_par_iter().for_each(|task| {
         let (i0, i1, jp0, jp1) = grid.task(task);
-        let mut apk = [0f32; MR * KC];
-        // written (packed copy) and read through this one pointer only
+        // two slots (a pair of A panels on AVX-512), each written (packed copy) and read
+        // through these pointers only
+        let mut apk = [0f32; 2 * MR * KC];
         let apk = apk.as_mut_ptr();
         for pc in (0..k).step_by(KC) {
             let kc = KC.min(k - pc);
@@ -504,7 +505,12 @@ fn deep_k(
             // 1000x64; the same values in the same order, so the same bits)
             let copy_a = a_outer && n_steps > 1 && NR.min(n - jp0 * NR) == NR;
             // one A panel against one step of B panels (`first`: the task's first step)
-            let run = |ip: usize, jp: usize, np: usize, first: bool, packed_ok: &mut bool| {
+            let run = |ip: usize,
+                       jp: usize,
+                       np: usize,
+                       first: bool,
+                       packed_ok: &mut bool,
+                       slot: *mut f32| {
                 let col = jp * NR;
                 let cols = (np * NR).min(n - col);
                 let rows = MR.min(m - ip * MR);
@@ -516,7 +522,7 @@ fn deep_k(
                     let (mut ptr, mut rs, mut cs) = a_panel(a, ap, ta, m, k, ip, pc);
                     let full = rows == MR;
                     if *packed_ok {
-                        (ptr, rs, cs) = (apk as *const f32, 1, MR);
+                        (ptr, rs, cs) = (slot as *const f32, 1, MR);
                     }
                     // the first B step's pass is the first touch of the panel's rows of Aᵀ
                     // (a cache line per K step, a stride the hardware prefetcher misses):
@@ -524,7 +530,11 @@ fn deep_k(
                     // at dW 1000x100 and 1000x64; same bits)
                     let pf = if a_outer && first { PF_AHEAD * cs } else { 0 };
                     let want_copy = copy_a && full && first && rs == 1 && cs != MR;
-                    let dst = if want_copy { apk } else { std::ptr::null_mut() };
+                    let dst = if want_copy {
+                        slot
+                    } else {
+                        std::ptr::null_mut()
+                    };
                     let b_panels = bp.as_ptr().add(jp * NR * k + pc * NR);
                     tile_np(
                         isa,
@@ -548,10 +558,38 @@ fn deep_k(
                 }
             };
             if a_outer {
-                for ip in (i0 / MR)..i1.div_ceil(MR) {
-                    let mut packed_ok = false;
+                // on AVX-512, pairs of full A panels: each packed by its own pass over the
+                // first B step, then both read together (12 x 32 tiles) by the later pairs
+                // of B panels
+                let pair_rows = isa == Isa::Avx512;
+                for (ip, mp) in row_steps(pair_rows, i0 / MR, i1.div_ceil(MR), m) {
+                    let mut ok = [false; 2];
                     for (s, (jp, np)) in steps.clone().enumerate() {
-                        run(ip, jp, np, s == 0, &mut packed_ok);
+                        if mp == 2 && np == 2 && ok == [true, true] {
+                            // SAFETY: both slots hold their panel's packed K block (`ok`);
+                            // C and B as in `run`.
+                            unsafe {
+                                avx512::tile12(
+                                    kc,
+                                    apk,
+                                    apk.add(MR * KC),
+                                    1,
+                                    MR,
+                                    bp.as_ptr().add(jp * NR * k + pc * NR),
+                                    NR * k,
+                                    cptr.get().add(ip * MR * n + jp * NR),
+                                    n,
+                                    alpha,
+                                    beta_eff,
+                                );
+                            }
+                            continue;
+                        }
+                        for (q, ok) in ok.iter_mut().enumerate().take(mp) {
+                            // SAFETY: slot q lies inside `apk`.
+                            let slot = unsafe { apk.add(q * MR * KC) };
+                            run(ip + q, jp, np, s == 0, ok, slot);
+                        }
                     }
                 }
             } else {
@@ -578,7 +616,7 @@ fn deep_k(
                                 );
                             }
                         } else {
-                            run(ip, jp, np, s == 0, &mut false);
+                            run(ip, jp, np, s == 0, &mut false, apk);
                         }
                     }
                 }
