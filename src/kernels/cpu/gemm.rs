@@ -364,7 +364,7 @@ fn gemm_core(
                     let col = jc + jp * NR;
                     let cols = (np * NR).min(jc + nc - col);
                     let b_panels = &bp[jp * NR * kc..(jp + np) * NR * kc];
-                    let pair_rows = direct_a && isa == Isa::Avx512 && np == 2;
+                    let pair_rows = direct_a && pair_rows_for(isa, np, cols);
                     for (ip, mp) in row_steps(pair_rows, i0 / MR, i1.div_ceil(MR), m) {
                         let rows = MR.min(m - ip * MR);
                         let a_panel = &ap[ip * MR * kc..(ip + 1) * MR * kc];
@@ -380,7 +380,10 @@ fn gemm_core(
                                     (ip * MR * k + pc, k, 1)
                                 };
                                 let a0 = a.as_ptr().add(off);
-                                avx512::tile12(
+                                tile12(
+                                    isa,
+                                    np,
+                                    cols,
                                     kc,
                                     a0,
                                     a0.add(MR * rs),
@@ -561,15 +564,19 @@ fn deep_k(
                 // on AVX-512, pairs of full A panels: each packed by its own pass over the
                 // first B step, then both read together (12 x 32 tiles) by the later pairs
                 // of B panels
-                let pair_rows = isa == Isa::Avx512;
+                let pair_rows = isa.has_avx2();
                 for (ip, mp) in row_steps(pair_rows, i0 / MR, i1.div_ceil(MR), m) {
                     let mut ok = [false; 2];
                     for (s, (jp, np)) in steps.clone().enumerate() {
-                        if mp == 2 && np == 2 && ok == [true, true] {
+                        let cols = (np * NR).min(n - jp * NR);
+                        if mp == 2 && pair_rows_for(isa, np, cols) && ok == [true, true] {
                             // SAFETY: both slots hold their panel's packed K block (`ok`);
                             // C and B as in `run`.
                             unsafe {
-                                avx512::tile12(
+                                tile12(
+                                    isa,
+                                    np,
+                                    cols,
                                     kc,
                                     apk,
                                     apk.add(MR * KC),
@@ -594,14 +601,18 @@ fn deep_k(
                 }
             } else {
                 for (s, (jp, np)) in steps.enumerate() {
-                    let pair_rows = isa == Isa::Avx512 && np == 2;
+                    let cols = (np * NR).min(n - jp * NR);
+                    let pair_rows = pair_rows_for(isa, np, cols);
                     for (ip, mp) in row_steps(pair_rows, i0 / MR, i1.div_ceil(MR), m) {
                         if mp == 2 {
                             // SAFETY: as in `run`; both A panels are full, read in place.
                             unsafe {
                                 let (a0, rs, cs) = a_panel(a, ap, ta, m, k, ip, pc);
                                 let (a1, _, _) = a_panel(a, ap, ta, m, k, ip + 1, pc);
-                                avx512::tile12(
+                                tile12(
+                                    isa,
+                                    np,
+                                    cols,
                                     kc,
                                     a0,
                                     a1,
@@ -702,7 +713,8 @@ fn local_b(
             }
             for (jp, np) in steps.clone() {
                 // pairs of A panels on the steps that do not pack A (12 x 32 tiles)
-                let pair_rows = isa == Isa::Avx512 && np == 2 && !(copy_a && jp == jp0);
+                let cols = (np * NR).min(n - jp * NR);
+                let pair_rows = pair_rows_for(isa, np, cols) && !(copy_a && jp == jp0);
                 for (ip, mp) in row_steps(pair_rows, 0, m_panels, m) {
                     if mp == 2 {
                         // SAFETY: as below; both A panels are full (in place, or packed
@@ -716,7 +728,10 @@ fn local_b(
                                 a1 = al.as_ptr().add((ip + 1) * MR * KC);
                                 (rs, cs) = (1, MR);
                             }
-                            avx512::tile12(
+                            tile12(
+                                isa,
+                                np,
+                                cols,
                                 kc,
                                 a0,
                                 a1,
@@ -902,6 +917,51 @@ fn panel_steps(
         jp += np;
         Some(step)
     })
+}
+
+/// Whether a step of `np` B panels holding `cols` columns runs two full A panels at once
+/// ([`tile12`]): a pair of full panels on AVX-512, a narrow last panel on AVX2 and up.
+fn pair_rows_for(isa: Isa, np: usize, cols: usize) -> bool {
+    (isa == Isa::Avx512 && np == 2 && cols == 2 * NR) || (isa.has_avx2() && cols <= NR / 2)
+}
+
+/// Two full A panels (`a0`, `a1`, the same strides; rows 0-5 and 6-11 of C from `c`) against
+/// one step of B panels, as [`pair_rows_for`] allows it: a pair of full B panels as one
+/// 12 x 32 AVX-512 tile, a narrow last panel (≤ NR / 2 columns) as one 12 x 8 AVX2 pass
+/// (12 independent FMA chains; the 6-row pass of [`avx2::kernel_strided_half`] waits on
+/// the FMA latency). Each element is the same chain as in the one-panel paths, written back
+/// the same way, so the same bits.
+///
+/// # Safety
+/// As [`avx2::tile`] for both A panels; `pair_rows_for(isa, np, cols)` must hold.
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+#[inline]
+unsafe fn tile12(
+    isa: Isa,
+    np: usize,
+    cols: usize,
+    kc: usize,
+    a0: *const f32,
+    a1: *const f32,
+    rs: usize,
+    cs: usize,
+    b: *const f32,
+    bs: usize,
+    c: *mut f32,
+    ldc: usize,
+    alpha: f32,
+    beta: f32,
+) {
+    debug_assert!(pair_rows_for(isa, np, cols));
+    if cols <= NR / 2 {
+        let (mut t0, mut t1) = ([0f32; MR * NR], [0f32; MR * NR]);
+        avx2::kernel_strided_half12(kc, a0, a1, rs, cs, b, &mut t0, &mut t1);
+        write_tile(&t0, c, ldc, MR, cols, alpha, beta);
+        write_tile(&t1, c.add(MR * ldc), ldc, MR, cols, alpha, beta);
+    } else {
+        avx512::tile12(kc, a0, a1, rs, cs, b, bs, c, ldc, alpha, beta);
+    }
 }
 
 /// Row panels `ip0..ip1` of an A with `m` rows as steps `(ip, mp)`: with `pair`, pairs of
@@ -1418,6 +1478,43 @@ mod avx2 {
         _mm256_storeu_ps(t.add(3 * NR), c3);
         _mm256_storeu_ps(t.add(4 * NR), c4);
         _mm256_storeu_ps(t.add(5 * NR), c5);
+    }
+
+    /// [`kernel_strided_half`] for two 6-row panels at once (`a0`, `a1`, the same strides)
+    /// into `t0` and `t1`: 12 accumulators, 1 B vector, 12 broadcasts per step.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    pub unsafe fn kernel_strided_half12(
+        kc: usize,
+        a0: *const f32,
+        a1: *const f32,
+        rs: usize,
+        cs: usize,
+        b: *const f32,
+        t0: &mut [f32; MR * NR],
+        t1: &mut [f32; MR * NR],
+    ) {
+        let mut acc = [_mm256_setzero_ps(); 2 * MR];
+        let (mut p0, mut p1) = (a0, a1);
+        let mut bp = b;
+        for _ in 0..kc {
+            let bv = _mm256_loadu_ps(bp);
+            for (r, v) in acc.iter_mut().enumerate() {
+                let x = if r < MR {
+                    _mm256_broadcast_ss(&*p0.add(r * rs))
+                } else {
+                    _mm256_broadcast_ss(&*p1.add((r - MR) * rs))
+                };
+                *v = _mm256_fmadd_ps(x, bv, *v);
+            }
+            p0 = p0.add(cs);
+            p1 = p1.add(cs);
+            bp = bp.add(NR);
+        }
+        for (r, v) in acc.iter().enumerate() {
+            let t = if r < MR { &mut *t0 } else { &mut *t1 };
+            _mm256_storeu_ps(t.as_mut_ptr().add((r % MR) * NR), *v);
+        }
     }
 
     /// The micro-kernel reading A in place: element (r, p) of the 6-row panel at
