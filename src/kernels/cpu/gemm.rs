@@ -1484,6 +1484,7 @@ mod avx2 {
     /// into `t0` and `t1`: 12 accumulators, 1 B vector, 12 broadcasts per step.
     #[target_feature(enable = "avx2,fma")]
     #[inline]
+    #[allow(clippy::too_many_arguments)]
     pub unsafe fn kernel_strided_half12(
         kc: usize,
         a0: *const f32,
