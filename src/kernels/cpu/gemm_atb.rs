@@ -1,0 +1,238 @@
+//! `C = alpha * Aᵀ·B + beta * C` on AVX-512 with both operands read where they lie (A stored
+//! k x m, B stored k x n, both row-major): the weight gradient `dW = Xᵀ·dY` of a layer,
+//! whose operands are both batch-major.
+//!
+//! Row k of A holds 32 consecutive rows of C's strip as two 512-bit vectors, and row k of B
+//! the columns of C as scalars to broadcast: a 32 x 12 tile of C is 24 accumulators, each a
+//! column of the tile. Nothing is packed but the strip's K block of A (a plain copy of 128
+//! bytes per step, so that it stays in L1 whatever m's stride), B is read in place (with a
+//! prefetch, its stride being beyond the hardware's), and the tile goes through a transposed
+//! buffer into C once all K blocks are summed.
+//!
+//! The sums are those of the packed GEMM, element for element: per KC block a chain of
+//! fused multiply-adds from zero in K order (`a·b` is `b·a`, exactly), then
+//! `alpha * acc` into C on the first block (`alpha * acc + beta * C` when beta ≠ 0) and
+//! `alpha * acc + C` on the later ones, the same instructions lane by lane. So every path
+//! gives the same bits; the column sums of B are summed row by row from zero, as packing
+//! sums them.
+
+use super::gemm::{epilogue_region, Epilogue, SendPtr, KC};
+use rayon::prelude::*;
+use std::arch::x86_64::*;
+
+/// Rows of C per strip (two 512-bit vectors).
+const SI: usize = 32;
+/// Columns of C per full tile.
+const SJ: usize = 12;
+/// How many K steps ahead B's rows are prefetched.
+const PF_B: usize = 12;
+
+thread_local! {
+    static BUF: std::cell::RefCell<(Vec<f32>, Vec<f32>)> = const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+}
+
+/// Whether C's rows fill the 32-row strips well enough (at most 1/16 of the rows computed
+/// go to waste): 1000 rows (32 strips, the last of 8 rows) and 128 do, 100 and 138 do not
+/// (the 6-row panels of the packed GEMM are faster there).
+pub fn suits(m: usize) -> bool {
+    m > 0 && m.div_ceil(SI) * SI - m <= m / 16
+}
+
+/// `C (m x n) = alpha * Aᵀ·B + beta * C` with A stored k x m and B k x n; the epilogue
+/// applied once the product is done; `b_col_sums` (length n, zeroed by the caller) gets
+/// the column sums of B. Shapes are checked by the caller.
+///
+/// # Panics
+/// If the CPU lacks AVX-512F.
+#[allow(clippy::too_many_arguments)]
+pub fn atb(
+    m: usize,
+    n: usize,
+    k: usize,
+    alpha: f32,
+    a: &[f32],
+    b: &[f32],
+    beta: f32,
+    c: &mut [f32],
+    epi: Epilogue,
+    b_col_sums: Option<&mut [f32]>,
+) {
+    assert!(
+        std::arch::is_x86_feature_detected!("avx512f"),
+        "gemm: the AᵀB kernel needs AVX-512F"
+    );
+    assert!(a.len() >= k * m && b.len() >= k * n && c.len() >= m * n);
+    let threads = rayon::current_num_threads().max(1);
+    let strips = m.div_ceil(SI);
+    let tiles = n.div_ceil(SJ);
+    // about four tasks per thread: a strip each where strips are many; where they are few,
+    // all strips in every task and B's columns in chunks, so that each K block of a chunk of
+    // B is read from L2 by all strips in turn rather than streamed once per strip
+    let target = 4 * threads;
+    let (group, chunks) = if strips >= target || tiles < 2 * target {
+        (1, 1)
+    } else {
+        (strips, target.min(tiles))
+    };
+    let per = tiles.div_ceil(chunks);
+    let chunks = tiles.div_ceil(per);
+    let groups = strips.div_ceil(group);
+    let cptr = SendPtr(c.as_mut_ptr());
+    let sptr = b_col_sums.map(|s| SendPtr(s.as_mut_ptr()));
+    (0..groups * chunks).into_par_iter().for_each(|task| {
+        let (g, ch) = (task / chunks, task % chunks);
+        let (s0, s1) = (g * group, (g * group + group).min(strips));
+        let (c0, c1) = (ch * per * SJ, ((ch + 1) * per * SJ).min(n));
+        let w = c1 - c0;
+        if g == 0 {
+            if let Some(sp) = sptr {
+                // SAFETY: the tasks of the first strip group own disjoint column ranges.
+                let sums = unsafe { std::slice::from_raw_parts_mut(sp.get().add(c0), w) };
+                for row in b[..k * n].chunks_exact(n) {
+                    for (acc, &v) in sums.iter_mut().zip(&row[c0..c1]) {
+                        *acc += v;
+                    }
+                }
+            }
+        }
+        let (mut abuf, mut tbuf) = BUF.with(|p| std::mem::take(&mut *p.borrow_mut()));
+        abuf.resize(SI * KC, 0.0);
+        // the tiles' columns of C (strip by strip, column by column, SI rows each)
+        tbuf.resize((s1 - s0) * w * SI, 0.0);
+        let rows_of = |s: usize| (s * SI, (s * SI + SI).min(m));
+        if beta != 0.0 {
+            // C transposed, for the first block's beta * C
+            for s in s0..s1 {
+                let (i0, i1) = rows_of(s);
+                let t = &mut tbuf[(s - s0) * w * SI..(s - s0 + 1) * w * SI];
+                for j in c0..c1 {
+                    for i in i0..i1 {
+                        t[(j - c0) * SI + i - i0] = c[i * n + j];
+                    }
+                }
+            }
+        }
+        for pc in (0..k).step_by(KC) {
+            let kc = KC.min(k - pc);
+            let beta_eff = if pc == 0 { beta } else { 1.0 };
+            for s in s0..s1 {
+                let (i0, i1) = rows_of(s);
+                let rows = i1 - i0;
+                for p in 0..kc {
+                    let src = &a[(pc + p) * m + i0..(pc + p) * m + i1];
+                    abuf[p * SI..p * SI + rows].copy_from_slice(src);
+                    abuf[p * SI + rows..(p + 1) * SI].fill(0.0);
+                }
+                let t = tbuf[(s - s0) * w * SI..].as_mut_ptr();
+                for j in (c0..c1).step_by(SJ) {
+                    let cols = SJ.min(c1 - j);
+                    // SAFETY: AVX-512F is present (asserted); A's copy holds kc steps of
+                    // SI, B's rows pc..pc+kc hold columns j..j+cols; the strip's tile
+                    // buffer holds the chunk's columns (prefetches past B's end do not
+                    // fault).
+                    unsafe {
+                        tile(
+                            cols,
+                            kc,
+                            abuf.as_ptr(),
+                            b.as_ptr().add(pc * n + j),
+                            n,
+                            t.add((j - c0) * SI),
+                            alpha,
+                            beta_eff,
+                        );
+                    }
+                }
+            }
+        }
+        // SAFETY: this task alone owns rows s0*SI..s1*SI, columns c0..c1 of C.
+        unsafe {
+            let cp = cptr.get();
+            for s in s0..s1 {
+                let (i0, i1) = rows_of(s);
+                let t = &tbuf[(s - s0) * w * SI..(s - s0 + 1) * w * SI];
+                for i in i0..i1 {
+                    let row = cp.add(i * n);
+                    for j in c0..c1 {
+                        *row.add(j) = t[(j - c0) * SI + i - i0];
+                    }
+                }
+            }
+            epilogue_region(cp, n, s0 * SI..(s1 * SI).min(m), c0..c1, epi);
+        }
+        BUF.with(|p| *p.borrow_mut() = (abuf, tbuf));
+    });
+}
+
+/// One K block of a `32 x cols` tile (`cols` ≤ [`SJ`]).
+///
+/// # Safety
+/// As [`kernel`].
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile(
+    cols: usize,
+    kc: usize,
+    a: *const f32,
+    b: *const f32,
+    ldb: usize,
+    t: *mut f32,
+    alpha: f32,
+    beta: f32,
+) {
+    macro_rules! go {
+        ($($nj:literal)*) => {
+            match cols {
+                $($nj => kernel::<$nj>(kc, a, b, ldb, t, alpha, beta),)*
+                _ => unreachable!("gemm AᵀB: a tile of {cols} columns"),
+            }
+        };
+    }
+    go!(1 2 3 4 5 6 7 8 9 10 11 12)
+}
+
+/// `acc = Σ_p a[p] ⊗ b[p]` over the `kc` steps of the block (`a`: kc rows of 32 floats;
+/// `b`: kc rows of `NJ` floats, `ldb` apart), then the tile's columns in `t` (NJ columns of
+/// 32 floats): `alpha * acc` when beta = 0, else `alpha * acc + beta * t`.
+///
+/// # Safety
+/// AVX-512F is present; the pointers are valid for those extents.
+#[target_feature(enable = "avx512f")]
+unsafe fn kernel<const NJ: usize>(
+    kc: usize,
+    a: *const f32,
+    b: *const f32,
+    ldb: usize,
+    t: *mut f32,
+    alpha: f32,
+    beta: f32,
+) {
+    let mut acc = [[_mm512_setzero_ps(); 2]; NJ];
+    let mut ap = a;
+    let mut bp = b;
+    for _ in 0..kc {
+        _mm_prefetch::<_MM_HINT_T0>(bp.wrapping_add(PF_B * ldb) as *const i8);
+        _mm_prefetch::<_MM_HINT_T0>(bp.wrapping_add(PF_B * ldb + NJ - 1) as *const i8);
+        let a0 = _mm512_loadu_ps(ap);
+        let a1 = _mm512_loadu_ps(ap.add(16));
+        for (j, col) in acc.iter_mut().enumerate() {
+            let x = _mm512_set1_ps(*bp.add(j));
+            col[0] = _mm512_fmadd_ps(a0, x, col[0]);
+            col[1] = _mm512_fmadd_ps(a1, x, col[1]);
+        }
+        ap = ap.add(SI);
+        bp = bp.add(ldb);
+    }
+    let va = _mm512_set1_ps(alpha);
+    let vb = _mm512_set1_ps(beta);
+    for (j, col) in acc.iter().enumerate() {
+        for (h, &v) in col.iter().enumerate() {
+            let tp = t.add(j * SI + 16 * h);
+            let out = if beta == 0.0 {
+                _mm512_mul_ps(va, v)
+            } else {
+                _mm512_fmadd_ps(va, v, _mm512_mul_ps(vb, _mm512_loadu_ps(tp)))
+            };
+            _mm512_storeu_ps(tp, out);
+        }
+    }
+}
