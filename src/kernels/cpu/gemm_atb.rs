@@ -118,11 +118,8 @@ pub fn atb(
             for s in s0..s1 {
                 let (i0, i1) = rows_of(s);
                 let rows = i1 - i0;
-                for p in 0..kc {
-                    let src = &a[(pc + p) * m + i0..(pc + p) * m + i1];
-                    abuf[p * SI..p * SI + rows].copy_from_slice(src);
-                    abuf[p * SI + rows..(p + 1) * SI].fill(0.0);
-                }
+                // SAFETY: AVX-512F is present; rows pc..pc+kc of A hold columns i0..i1.
+                unsafe { copy_strip(a[(pc * m + i0)..].as_ptr(), m, kc, rows, &mut abuf) };
                 let t = tbuf[(s - s0) * w * SI..].as_mut_ptr();
                 for j in (c0..c1).step_by(SJ) {
                     let cols = SJ.min(c1 - j);
@@ -151,17 +148,63 @@ pub fn atb(
             for s in s0..s1 {
                 let (i0, i1) = rows_of(s);
                 let t = &tbuf[(s - s0) * w * SI..(s - s0 + 1) * w * SI];
-                for i in i0..i1 {
-                    let row = cp.add(i * n);
-                    for j in c0..c1 {
-                        *row.add(j) = t[(j - c0) * SI + i - i0];
-                    }
-                }
+                store_transposed(t, w, i1 - i0, cp.add(i0 * n + c0), n);
             }
             epilogue_region(cp, n, s0 * SI..(s1 * SI).min(m), c0..c1, epi);
         }
         BUF.with(|p| *p.borrow_mut() = (abuf, tbuf));
     });
+}
+
+/// Rows 0..kc of a strip of A (`rows` ≤ 32 values from `a`, rows `lda` apart) into `dst`
+/// as kc rows of 32 floats, zero past `rows`.
+///
+/// # Safety
+/// AVX-512F is present; `a` is valid for kc rows of `rows` floats; `dst` holds kc x 32.
+#[target_feature(enable = "avx512f")]
+unsafe fn copy_strip(a: *const f32, lda: usize, kc: usize, rows: usize, dst: &mut [f32]) {
+    assert!(dst.len() >= kc * SI && rows <= SI);
+    let m0 = if rows >= 16 {
+        0xffff
+    } else {
+        (1u32 << rows) - 1
+    } as __mmask16;
+    let m1 = if rows >= SI {
+        0xffff
+    } else {
+        (1u32 << rows.saturating_sub(16)) - 1
+    } as __mmask16;
+    let d = dst.as_mut_ptr();
+    for p in 0..kc {
+        let src = a.add(p * lda);
+        _mm512_storeu_ps(d.add(p * SI), _mm512_maskz_loadu_ps(m0, src));
+        _mm512_storeu_ps(d.add(p * SI + 16), _mm512_maskz_loadu_ps(m1, src.add(16)));
+    }
+}
+
+/// C's `rows x w` block at `c` (row stride `ldc`) from the tile buffer `t` (w columns of 32
+/// floats): 16 columns at a time gathered per row, the rest one by one.
+///
+/// # Safety
+/// AVX-512F is present; `c` is valid for that block; `t` holds w x 32 floats.
+#[target_feature(enable = "avx512f")]
+unsafe fn store_transposed(t: &[f32], w: usize, rows: usize, c: *mut f32, ldc: usize) {
+    assert!(t.len() >= w * SI && rows <= SI);
+    let idx = _mm512_mullo_epi32(
+        _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+        _mm512_set1_epi32(SI as i32),
+    );
+    let w16 = w / 16 * 16;
+    for i in 0..rows {
+        let row = c.add(i * ldc);
+        for j in (0..w16).step_by(16) {
+            let v = _mm512_i32gather_ps::<4>(idx, t.as_ptr().add(j * SI + i));
+            _mm512_storeu_ps(row.add(j), v);
+        }
+        for j in w16..w {
+            *row.add(j) = t[j * SI + i];
+        }
+    }
 }
 
 /// One K block of a `32 x cols` tile (`cols` ≤ [`SJ`]).
