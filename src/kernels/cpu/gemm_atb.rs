@@ -28,6 +28,7 @@ const SJ: usize = 12;
 const PF_B: usize = 12;
 
 thread_local! {
+    static SHARED: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
     static BUF: std::cell::RefCell<(Vec<f32>, Vec<f32>)> = const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
 }
 
@@ -77,6 +78,21 @@ pub fn atb(
     let per = tiles.div_ceil(chunks);
     let chunks = tiles.div_ceil(per);
     let groups = strips.div_ceil(group);
+    // with several column chunks, every chunk's task would copy each strip's blocks of A
+    // again: copy all of A once, strip by strip (kc x 32 per block), and share it
+    let mut shared = SHARED.with(|p| std::mem::take(&mut *p.borrow_mut()));
+    if chunks > 1 {
+        shared.resize(strips * k * SI, 0.0);
+        shared
+            .par_chunks_mut(k * SI)
+            .enumerate()
+            .for_each(|(s, dst)| {
+                let rows = SI.min(m - s * SI);
+                // SAFETY: AVX-512F is present; A's k rows hold columns s*SI..s*SI+rows.
+                unsafe { copy_strip(a[s * SI..].as_ptr(), m, k, rows, dst) };
+            });
+    }
+    let shared_a = &shared;
     let cptr = SendPtr(c.as_mut_ptr());
     let sptr = b_col_sums.map(|s| SendPtr(s.as_mut_ptr()));
     (0..groups * chunks).into_par_iter().for_each(|task| {
@@ -96,7 +112,9 @@ pub fn atb(
             }
         }
         let (mut abuf, mut tbuf) = BUF.with(|p| std::mem::take(&mut *p.borrow_mut()));
-        abuf.resize(SI * KC, 0.0);
+        if chunks == 1 {
+            abuf.resize(SI * KC, 0.0);
+        }
         // the tiles' columns of C (strip by strip, column by column, SI rows each)
         tbuf.resize((s1 - s0) * w * SI, 0.0);
         let rows_of = |s: usize| (s * SI, (s * SI + SI).min(m));
@@ -118,8 +136,13 @@ pub fn atb(
             for s in s0..s1 {
                 let (i0, i1) = rows_of(s);
                 let rows = i1 - i0;
-                // SAFETY: AVX-512F is present; rows pc..pc+kc of A hold columns i0..i1.
-                unsafe { copy_strip(a[(pc * m + i0)..].as_ptr(), m, kc, rows, &mut abuf) };
+                let ablock = if chunks > 1 {
+                    shared_a[(s * k + pc) * SI..].as_ptr()
+                } else {
+                    // SAFETY: AVX-512F is present; rows pc..pc+kc of A hold columns i0..i1.
+                    unsafe { copy_strip(a[(pc * m + i0)..].as_ptr(), m, kc, rows, &mut abuf) };
+                    abuf.as_ptr()
+                };
                 let t = tbuf[(s - s0) * w * SI..].as_mut_ptr();
                 for j in (c0..c1).step_by(SJ) {
                     let cols = SJ.min(c1 - j);
@@ -131,7 +154,7 @@ pub fn atb(
                         tile(
                             cols,
                             kc,
-                            abuf.as_ptr(),
+                            ablock,
                             b.as_ptr().add(pc * n + j),
                             n,
                             t.add((j - c0) * SI),
@@ -154,6 +177,7 @@ pub fn atb(
         }
         BUF.with(|p| *p.borrow_mut() = (abuf, tbuf));
     });
+    SHARED.with(|p| *p.borrow_mut() = shared);
 }
 
 /// Rows 0..kc of a strip of A (`rows` ≤ 32 values from `a`, rows `lda` apart) into `dst`
