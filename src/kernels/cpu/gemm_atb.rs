@@ -100,17 +100,6 @@ pub fn atb(
         let (s0, s1) = (g * group, (g * group + group).min(strips));
         let (c0, c1) = (ch * per * SJ, ((ch + 1) * per * SJ).min(n));
         let w = c1 - c0;
-        if g == 0 {
-            if let Some(sp) = sptr {
-                // SAFETY: the tasks of the first strip group own disjoint column ranges.
-                let sums = unsafe { std::slice::from_raw_parts_mut(sp.get().add(c0), w) };
-                for row in b[..k * n].chunks_exact(n) {
-                    for (acc, &v) in sums.iter_mut().zip(&row[c0..c1]) {
-                        *acc += v;
-                    }
-                }
-            }
-        }
         let (mut abuf, mut tbuf) = BUF.with(|p| std::mem::take(&mut *p.borrow_mut()));
         if chunks == 1 {
             abuf.resize(SI * KC, 0.0);
@@ -146,6 +135,11 @@ pub fn atb(
                 let t = tbuf[(s - s0) * w * SI..].as_mut_ptr();
                 for j in (c0..c1).step_by(SJ) {
                     let cols = SJ.min(c1 - j);
+                    // strip 0's pass also sums B's columns (its tasks own disjoint columns)
+                    let sums = match sptr {
+                        Some(sp) if s == 0 => sp.get().wrapping_add(j),
+                        _ => std::ptr::null_mut(),
+                    };
                     // SAFETY: AVX-512F is present (asserted); A's copy holds kc steps of
                     // SI, B's rows pc..pc+kc hold columns j..j+cols; the strip's tile
                     // buffer holds the chunk's columns (prefetches past B's end do not
@@ -160,6 +154,7 @@ pub fn atb(
                             t.add((j - c0) * SI),
                             alpha,
                             beta_eff,
+                            sums,
                         );
                     }
                 }
@@ -245,11 +240,13 @@ unsafe fn tile(
     t: *mut f32,
     alpha: f32,
     beta: f32,
+    sums: *mut f32,
 ) {
     macro_rules! go {
         ($($nj:literal)*) => {
-            match cols {
-                $($nj => kernel::<$nj>(kc, a, b, ldb, t, alpha, beta),)*
+            match (cols, sums.is_null()) {
+                $(($nj, true) => kernel::<$nj, false>(kc, a, b, ldb, t, alpha, beta, sums),)*
+                $(($nj, false) => kernel::<$nj, true>(kc, a, b, ldb, t, alpha, beta, sums),)*
                 _ => unreachable!("gemm AᵀB: a tile of {cols} columns"),
             }
         };
@@ -259,12 +256,14 @@ unsafe fn tile(
 
 /// `acc = Σ_p a[p] ⊗ b[p]` over the `kc` steps of the block (`a`: kc rows of 32 floats;
 /// `b`: kc rows of `NJ` floats, `ldb` apart), then the tile's columns in `t` (NJ columns of
-/// 32 floats): `alpha * acc` when beta = 0, else `alpha * acc + beta * t`.
+/// 32 floats): `alpha * acc` when beta = 0, else `alpha * acc + beta * t`. With `SUMS`,
+/// the block's rows of B are also added to `sums` (NJ running column sums), row by row.
 ///
 /// # Safety
 /// AVX-512F is present; the pointers are valid for those extents.
 #[target_feature(enable = "avx512f")]
-unsafe fn kernel<const NJ: usize>(
+#[allow(clippy::too_many_arguments)]
+unsafe fn kernel<const NJ: usize, const SUMS: bool>(
     kc: usize,
     a: *const f32,
     b: *const f32,
@@ -272,11 +271,21 @@ unsafe fn kernel<const NJ: usize>(
     t: *mut f32,
     alpha: f32,
     beta: f32,
+    sums: *mut f32,
 ) {
     let mut acc = [[_mm512_setzero_ps(); 2]; NJ];
     let mut ap = a;
     let mut bp = b;
+    let lanes = ((1u32 << NJ) - 1) as __mmask16;
+    let mut sv = if SUMS {
+        _mm512_maskz_loadu_ps(lanes, sums)
+    } else {
+        _mm512_setzero_ps()
+    };
     for _ in 0..kc {
+        if SUMS {
+            sv = _mm512_add_ps(sv, _mm512_maskz_loadu_ps(lanes, bp));
+        }
         _mm_prefetch::<_MM_HINT_T0>(bp.wrapping_add(PF_B * ldb) as *const i8);
         _mm_prefetch::<_MM_HINT_T0>(bp.wrapping_add(PF_B * ldb + NJ - 1) as *const i8);
         let a0 = _mm512_loadu_ps(ap);
@@ -288,6 +297,9 @@ unsafe fn kernel<const NJ: usize>(
         }
         ap = ap.add(SI);
         bp = bp.add(ldb);
+    }
+    if SUMS {
+        _mm512_mask_storeu_ps(sums, lanes, sv);
     }
     let va = _mm512_set1_ps(alpha);
     let vb = _mm512_set1_ps(beta);
