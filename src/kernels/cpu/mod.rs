@@ -1,8 +1,6 @@
 //! CPU kernels: SIMD (`wide`, AVX2 intrinsics behind run-time dispatch) and `rayon`.
 pub mod elementwise;
 pub mod gemm;
-#[cfg(target_arch = "x86_64")]
-mod gemm_atb;
 pub mod isa;
 pub mod peak;
 pub mod spmm;

@@ -16,7 +16,7 @@
 //! gives the same bits; the column sums of B are summed row by row from zero, as packing
 //! sums them.
 
-use super::gemm::{epilogue_region, Epilogue, SendPtr, KC};
+use super::{epilogue_region, Epilogue, SendPtr, KC};
 use rayon::prelude::*;
 use std::arch::x86_64::*;
 
