@@ -54,9 +54,10 @@ pub unsafe fn tile(
 /// [`kernel_to_c`]. Twice the work per B load and per call of a 6 x 32 tile: 229 against
 /// 210 GFLOP/s on one core in L1 (a Xeon with two 512-bit FMA units).
 ///
-/// The first 36 K steps each prefetch one cache line of the tile 12 rows below (the next
-/// one the callers' row-inner loops write; past a block's last rows the lines are simply
-/// not used, a prefetch never faults): 12 rows of 128 bytes touch at most 3 lines each.
+/// The first 36 K steps each prefetch one cache line of the 12 x 32 tile of C at `next`
+/// (row stride `ldc`), the one the caller runs next (12 rows below in the row-inner loops;
+/// past a block's last rows the lines are simply not used; a prefetch never faults, so
+/// `next` may point anywhere): 12 rows of 128 bytes touch at most 3 lines each.
 /// Its C lines are then in L1 when the tile is stored, not missed by 24 stores at once:
 /// 2048 x 1000 products over K = 100-138, 2 threads, 316-332 → 335-360 GFLOP/s; no change
 /// at K = 200-256.
@@ -75,6 +76,7 @@ pub unsafe fn tile12(
     bs: usize,
     c: *mut f32,
     ldc: usize,
+    next: *const f32,
     alpha: f32,
     beta: f32,
 ) {
@@ -98,7 +100,6 @@ pub unsafe fn tile12(
             bp = bp.add(NR);
         };
     }
-    let next = c.wrapping_add(2 * MR * ldc);
     let ahead = kc.min(3 * 2 * MR) / 3;
     for r in 0..ahead {
         for off in [0, NR, 2 * NR - 1] {

@@ -136,6 +136,8 @@ pub(super) fn deep_k(
                                     NR * k,
                                     cptr.get().add(ip * MR * n + jp * NR),
                                     n,
+                                    // B steps inner: the next tile is to the right
+                                    cptr.get().wrapping_add(ip * MR * n + (jp + np) * NR),
                                     alpha,
                                     beta_eff,
                                 );
@@ -172,6 +174,7 @@ pub(super) fn deep_k(
                                     NR * k,
                                     cptr.get().add(ip * MR * n + jp * NR),
                                     n,
+                                    cptr.get().wrapping_add((ip + 2) * MR * n + jp * NR),
                                     alpha,
                                     beta_eff,
                                 );

@@ -105,6 +105,7 @@ pub(super) fn local_b(
                                 NR * kc,
                                 cptr.get().add(ip * MR * n + jp * NR),
                                 n,
+                                cptr.get().wrapping_add((ip + 2) * MR * n + jp * NR),
                                 alpha,
                                 beta_eff,
                             );

@@ -437,6 +437,7 @@ fn gemm_core(
                                     NR * kc,
                                     cp,
                                     n,
+                                    cp.wrapping_add(2 * MR * n),
                                     alpha,
                                     beta_eff,
                                 );

@@ -8,7 +8,8 @@ use super::*;
 /// 12 x 32 AVX-512 tile, a narrow last panel (≤ NR / 2 columns) as one 12 x 8 AVX2 pass
 /// (12 independent FMA chains; the 6-row pass of [`avx2::kernel_strided_half`] waits on
 /// the FMA latency). Each element is the same chain as in the one-panel paths, written back
-/// the same way, so the same bits.
+/// the same way, so the same bits. `next`: the C tile the caller runs next (the 12 x 32
+/// tile prefetches its lines; any address, it is never dereferenced).
 ///
 /// # Safety
 /// As [`avx2::tile`] for both A panels; `pair_rows_for(isa, np, cols)` must hold.
@@ -28,6 +29,7 @@ pub(super) unsafe fn tile12(
     bs: usize,
     c: *mut f32,
     ldc: usize,
+    next: *const f32,
     alpha: f32,
     beta: f32,
 ) {
@@ -38,7 +40,7 @@ pub(super) unsafe fn tile12(
         write_tile(&t0, c, ldc, MR, cols, alpha, beta);
         write_tile(&t1, c.add(MR * ldc), ldc, MR, cols, alpha, beta);
     } else {
-        avx512::tile12(kc, a0, a1, rs, cs, b, bs, c, ldc, alpha, beta);
+        avx512::tile12(kc, a0, a1, rs, cs, b, bs, c, ldc, next, alpha, beta);
     }
 }
 
