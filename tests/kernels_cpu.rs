@@ -282,6 +282,41 @@ proptest! {
     }
 
     #[test]
+    fn avx512_few_rows_wide_b_transposed_a_gives_the_bits_of_the_packed_gemm(
+        m in 1usize..161, n in 384usize..700, k in 257usize..800, seed in 0u64..1000,
+        threads in 1usize..4, beta in prop::sample::select(vec![0.0f32, 1.0, -0.5]),
+        act in prop::sample::select(vec![Act::None, Act::Tanh]), with_bias: bool
+    ) {
+        // dW = Xᵀ·dY with at most 160 rows and a wide dY (alpha 1, several K blocks) on
+        // AVX-512: dY's rows as vectors of C's rows, X's as broadcasts, the first row tile
+        // copying dY's panels for the others and summing its columns; every element must be
+        // the AVX2 packed GEMM's, column sums included, whatever the thread count and
+        // however the rows split into tiles of 12, 8, 6, 4, 2 and 1
+        if !Isa::Avx512.is_available() {
+            return Ok(()); // `avx512_availability_is_reported` says so once
+        }
+        let mut r = ddrm::util::rng::Rng::new(seed);
+        let mut rv = |len: usize| (0..len).map(|_| r.uniform_f32() * 2.0 - 1.0).collect::<Vec<f32>>();
+        let (a, b, c0, bias) = (rv(k * m), rv(k * n), rv(m * n), rv(n));
+        let epi = Epilogue { bias: with_bias.then_some(&bias[..]), act, ..Epilogue::NONE };
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        let run = |isa: Isa| {
+            let mut c = c0.clone();
+            let mut sums = vec![f32::NAN; n];
+            pool.install(|| gemm_ex_col_sums(isa, true, false, m, n, k, 1.0, &a, &b, beta, &mut c, epi, &mut sums));
+            (c, sums)
+        };
+        let (x, xs) = run(Isa::Avx512);
+        let (y, ys) = run(Isa::Avx2Fma);
+        prop_assert_eq!(bits(&x), bits(&y), "m{} n{} k{} threads {}", m, n, k, threads);
+        prop_assert_eq!(bits(&xs), bits(&ys), "column sums, m{} n{} k{}", m, n, k);
+        let mut z = c0.clone();
+        pool.install(|| gemm_ex(Isa::Avx512, true, false, m, n, k, 1.0, &a, &b, beta, &mut z, epi));
+        prop_assert_eq!(bits(&z), bits(&y), "without column sums, m{} n{} k{}", m, n, k);
+    }
+
+    #[test]
     fn wide_transposed_a_order_equals_block_outer_order(
         m in 1usize..40, n in 330usize..700, k in 257usize..900, tb: bool, seed in 0u64..1000,
         beta in prop::sample::select(vec![0.0f32, 1.0]),

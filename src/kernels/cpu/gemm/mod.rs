@@ -19,6 +19,8 @@ use rayon::prelude::*;
 #[cfg(target_arch = "x86_64")]
 mod atb;
 #[cfg(target_arch = "x86_64")]
+mod atb_wide;
+#[cfg(target_arch = "x86_64")]
 mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
@@ -341,6 +343,21 @@ fn gemm_core(
     #[cfg(target_arch = "x86_64")]
     if isa == Isa::Avx512 && ta && !tb && k > KC && !block_outer && alpha == 1.0 && atb::suits(m) {
         atb::atb(m, n, k, alpha, a, b, beta, c, epi, b_col_sums);
+        return;
+    }
+    // AVX-512, the same Aᵀ·B with few rows and a wide B (dW 100x1000): B's rows as vectors
+    // of C's rows, A's as broadcasts, nothing packed in a pass of its own (dW 100x1000 over
+    // K = 2048, 2 threads, 5-10% faster than the task-local-B order, 1 thread 23%)
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512
+        && ta
+        && !tb
+        && k > KC
+        && !block_outer
+        && alpha == 1.0
+        && atb_wide::suits(m, n, threads)
+    {
+        atb_wide::atb_wide(m, n, k, alpha, a, b, beta, c, epi, b_col_sums);
         return;
     }
     #[cfg(target_arch = "x86_64")]
