@@ -29,10 +29,11 @@ fn bench_gemm(c: &mut Criterion) {
         (2048, 1000, 138, false, false),
         (2048, 100, 1000, false, false),
         // the DDRM recipe's weight gradients (on AVX-512, the in-place Aᵀ·B for 1000 and 128
-        // rows)
+        // rows, the few-rows one for 100)
         (1000, 100, 2048, true, false),
         (1000, 64, 2048, true, false),
         (128, 1000, 2048, true, false),
+        (100, 1000, 2048, true, false),
     ] {
         let a = randn(m * k, 1);
         let b = randn(k * n, 2);

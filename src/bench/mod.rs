@@ -319,6 +319,7 @@ pub const GEMM_SHAPES: &[(usize, usize, usize, bool, bool)] = &[
     (2048, 64, 200, false, false),
     (138, 1000, 2048, true, false),
     (1000, 100, 2048, true, false),
+    (100, 1000, 2048, true, false),
     (1000, 64, 2048, true, false),
     (2048, 1000, 100, false, true),
     (2048, 100, 1000, false, true),
