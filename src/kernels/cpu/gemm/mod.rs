@@ -8,7 +8,8 @@
 //! (`+ bias` per column, then an activation; `epilogue`). This file holds the interface and
 //! the K-block-outer order; the other orders are `deep_k()` (B packed to its full depth),
 //! `local_b()` (Aᵀ with a wide B) and, on AVX-512, `atb` (Aᵀ·B with both operands read in
-//! place); `panels` packs, `grid` splits the work into tasks. Each element of C is
+//! place) and `atb_wide` (Aᵀ·B with few rows and a wide B); `panels` packs, `grid` splits
+//! the work into tasks. Each element of C is
 //! computed by exactly one task as the same chain of fused multiply-adds per K block, blocks
 //! summed in order, so results are bit-identical whatever the order, thread count or
 //! instruction set.
