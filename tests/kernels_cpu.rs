@@ -19,6 +19,87 @@ fn close(a: f32, b: f64, abs: f64, rel: f64) -> bool {
     ((a as f64) - b).abs() <= abs + rel * b.abs()
 }
 
+/// `C = Xᵀ·dY` (alpha 1, X stored k x m) with the column sums of dY, on AVX-512 and with
+/// `threads` threads, against the AVX2 packed GEMM bit for bit: C, the sums, and C again
+/// without the sums (random operands from `seed`, an epilogue of bias and `act`).
+#[allow(clippy::too_many_arguments)]
+fn atb_bits_match_avx2(
+    m: usize,
+    n: usize,
+    k: usize,
+    seed: u64,
+    threads: usize,
+    beta: f32,
+    act: Act,
+    with_bias: bool,
+) -> Result<(), TestCaseError> {
+    let mut r = ddrm::util::rng::Rng::new(seed);
+    let mut rv = |len: usize| {
+        (0..len)
+            .map(|_| r.uniform_f32() * 2.0 - 1.0)
+            .collect::<Vec<f32>>()
+    };
+    let (a, b, c0, bias) = (rv(k * m), rv(k * n), rv(m * n), rv(n));
+    let epi = Epilogue {
+        bias: with_bias.then_some(&bias[..]),
+        act,
+        ..Epilogue::NONE
+    };
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .unwrap();
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    let run = |isa: Isa| {
+        let mut c = c0.clone();
+        let mut sums = vec![f32::NAN; n];
+        pool.install(|| {
+            gemm_ex_col_sums(
+                isa, true, false, m, n, k, 1.0, &a, &b, beta, &mut c, epi, &mut sums,
+            )
+        });
+        (c, sums)
+    };
+    let (x, xs) = run(Isa::Avx512);
+    let (y, ys) = run(Isa::Avx2Fma);
+    prop_assert_eq!(
+        bits(&x),
+        bits(&y),
+        "m{} n{} k{} threads {}",
+        m,
+        n,
+        k,
+        threads
+    );
+    prop_assert_eq!(bits(&xs), bits(&ys), "column sums, m{} n{} k{}", m, n, k);
+    let mut z = c0.clone();
+    pool.install(|| {
+        gemm_ex(
+            Isa::Avx512,
+            true,
+            false,
+            m,
+            n,
+            k,
+            1.0,
+            &a,
+            &b,
+            beta,
+            &mut z,
+            epi,
+        )
+    });
+    prop_assert_eq!(
+        bits(&z),
+        bits(&y),
+        "without column sums, m{} n{} k{}",
+        m,
+        n,
+        k
+    );
+    Ok(())
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 48, .. ProptestConfig::default() })]
 
@@ -260,25 +341,7 @@ proptest! {
         }
         let m = strips * 32 - short;
         let n = if wide_n { n + 300 } else { n };
-        let mut r = ddrm::util::rng::Rng::new(seed);
-        let mut rv = |len: usize| (0..len).map(|_| r.uniform_f32() * 2.0 - 1.0).collect::<Vec<f32>>();
-        let (a, b, c0, bias) = (rv(k * m), rv(k * n), rv(m * n), rv(n));
-        let epi = Epilogue { bias: with_bias.then_some(&bias[..]), act, ..Epilogue::NONE };
-        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
-        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-        let run = |isa: Isa| {
-            let mut c = c0.clone();
-            let mut sums = vec![f32::NAN; n];
-            pool.install(|| gemm_ex_col_sums(isa, true, false, m, n, k, 1.0, &a, &b, beta, &mut c, epi, &mut sums));
-            (c, sums)
-        };
-        let (x, xs) = run(Isa::Avx512);
-        let (y, ys) = run(Isa::Avx2Fma);
-        prop_assert_eq!(bits(&x), bits(&y), "m{} n{} k{} threads {}", m, n, k, threads);
-        prop_assert_eq!(bits(&xs), bits(&ys), "column sums, m{} n{} k{}", m, n, k);
-        let mut z = c0.clone();
-        pool.install(|| gemm_ex(Isa::Avx512, true, false, m, n, k, 1.0, &a, &b, beta, &mut z, epi));
-        prop_assert_eq!(bits(&z), bits(&y), "without column sums, m{} n{} k{}", m, n, k);
+        atb_bits_match_avx2(m, n, k, seed, threads, beta, act, with_bias)?;
     }
 
     #[test]
@@ -295,25 +358,7 @@ proptest! {
         if !Isa::Avx512.is_available() {
             return Ok(()); // `avx512_availability_is_reported` says so once
         }
-        let mut r = ddrm::util::rng::Rng::new(seed);
-        let mut rv = |len: usize| (0..len).map(|_| r.uniform_f32() * 2.0 - 1.0).collect::<Vec<f32>>();
-        let (a, b, c0, bias) = (rv(k * m), rv(k * n), rv(m * n), rv(n));
-        let epi = Epilogue { bias: with_bias.then_some(&bias[..]), act, ..Epilogue::NONE };
-        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
-        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-        let run = |isa: Isa| {
-            let mut c = c0.clone();
-            let mut sums = vec![f32::NAN; n];
-            pool.install(|| gemm_ex_col_sums(isa, true, false, m, n, k, 1.0, &a, &b, beta, &mut c, epi, &mut sums));
-            (c, sums)
-        };
-        let (x, xs) = run(Isa::Avx512);
-        let (y, ys) = run(Isa::Avx2Fma);
-        prop_assert_eq!(bits(&x), bits(&y), "m{} n{} k{} threads {}", m, n, k, threads);
-        prop_assert_eq!(bits(&xs), bits(&ys), "column sums, m{} n{} k{}", m, n, k);
-        let mut z = c0.clone();
-        pool.install(|| gemm_ex(Isa::Avx512, true, false, m, n, k, 1.0, &a, &b, beta, &mut z, epi));
-        prop_assert_eq!(bits(&z), bits(&y), "without column sums, m{} n{} k{}", m, n, k);
+        atb_bits_match_avx2(m, n, k, seed, threads, beta, act, with_bias)?;
     }
 
     #[test]

@@ -16,6 +16,7 @@
 //! gives the same bits; the column sums of B are summed row by row from zero, as packing
 //! sums them.
 
+use super::avx512::write_back;
 use super::{epilogue_region, Epilogue, SendPtr, KC};
 use rayon::prelude::*;
 use std::arch::x86_64::*;
@@ -305,13 +306,7 @@ unsafe fn kernel<const NJ: usize, const SUMS: bool>(
     let vb = _mm512_set1_ps(beta);
     for (j, col) in acc.iter().enumerate() {
         for (h, &v) in col.iter().enumerate() {
-            let tp = t.add(j * SI + 16 * h);
-            let out = if beta == 0.0 {
-                _mm512_mul_ps(va, v)
-            } else {
-                _mm512_fmadd_ps(va, v, _mm512_mul_ps(vb, _mm512_loadu_ps(tp)))
-            };
-            _mm512_storeu_ps(tp, out);
+            write_back(t.add(j * SI + 16 * h), v, va, vb, beta);
         }
     }
 }

@@ -20,6 +20,7 @@
 //! unfused, the same only for alpha = 1, so the caller takes this path only then. The
 //! column sums of B are summed row by row from zero, as packing sums them.
 
+use super::avx512::write_back_masked;
 use super::{epilogue_region, Epilogue, SendPtr, KC};
 use rayon::prelude::*;
 use std::arch::x86_64::*;
@@ -28,6 +29,10 @@ use std::arch::x86_64::*;
 const TC: usize = 32;
 /// How many K steps ahead the first row tile prefetches B's rows.
 const PF_B: usize = 12;
+
+thread_local! {
+    static BUF: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
 
 /// Rows of the tile starting at row `i` of `m`: 12 where they remain, then the largest of
 /// 8, 6, 4, 2, 1 that fits.
@@ -81,7 +86,9 @@ pub fn atb_wide(
     (0..chunks).into_par_iter().for_each(|ch| {
         let (c0, c1) = (ch * per * TC, ((ch + 1) * per * TC).min(n));
         // the K block of the current pair of B's column panels, copied by the first row tile
-        let mut bpk = vec![0f32; KC * TC];
+        // (each value read by a later tile was written by the first in the same block)
+        let mut bpk = BUF.with(|p| std::mem::take(&mut *p.borrow_mut()));
+        bpk.resize(KC * TC, 0.0);
         for pc in (0..k).step_by(KC) {
             let kc = KC.min(k - pc);
             let beta_eff = if pc == 0 { beta } else { 1.0 };
@@ -133,6 +140,7 @@ pub fn atb_wide(
                 }
             }
         }
+        BUF.with(|p| *p.borrow_mut() = bpk);
         // SAFETY: this task alone owns columns c0..c1 of C.
         unsafe { epilogue_region(cptr.get(), n, 0..m, c0..c1, epi) };
     });
@@ -272,13 +280,7 @@ unsafe fn kernel<const R: usize, const NV: usize, const FIRST: bool, const SUMS:
     let vb = _mm512_set1_ps(beta);
     for (r, row) in acc.iter().enumerate() {
         for (h, &v) in row.iter().enumerate() {
-            let cp = c.add(r * ldc + 16 * h);
-            let out = if beta == 0.0 {
-                _mm512_mul_ps(va, v)
-            } else {
-                _mm512_fmadd_ps(va, v, _mm512_mul_ps(vb, _mm512_maskz_loadu_ps(mask[h], cp)))
-            };
-            _mm512_mask_storeu_ps(cp, mask[h], out);
+            write_back_masked(c.add(r * ldc + 16 * h), mask[h], v, va, vb, beta);
         }
     }
 }

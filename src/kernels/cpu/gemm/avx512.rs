@@ -114,13 +114,7 @@ pub unsafe fn tile12(
     let vb = _mm512_set1_ps(beta);
     for (r, row) in acc.iter().enumerate() {
         for (q, &v) in row.iter().enumerate() {
-            let cp = c.add(r * ldc + q * NR);
-            let out = if beta == 0.0 {
-                _mm512_mul_ps(va, v)
-            } else {
-                _mm512_fmadd_ps(va, v, _mm512_mul_ps(vb, _mm512_loadu_ps(cp)))
-            };
-            _mm512_storeu_ps(cp, out);
+            write_back(c.add(r * ldc + q * NR), v, va, vb, beta);
         }
     }
 }
@@ -179,13 +173,46 @@ unsafe fn kernel_to_c<const NP: usize, const PF: bool, const COPY: bool>(
     let vb = _mm512_set1_ps(beta);
     for (r, row) in acc.iter().enumerate() {
         for (q, &v) in row.iter().enumerate() {
-            let cp = c.add(r * ldc + q * NR);
-            let out = if beta == 0.0 {
-                _mm512_mul_ps(va, v)
-            } else {
-                _mm512_fmadd_ps(va, v, _mm512_mul_ps(vb, _mm512_loadu_ps(cp)))
-            };
-            _mm512_storeu_ps(cp, out);
+            write_back(c.add(r * ldc + q * NR), v, va, vb, beta);
         }
     }
+}
+
+/// The write-back of every AVX-512 tile: `alpha * acc` into `p` when beta = 0 (`p` not
+/// read), else `alpha * acc + beta * p` in one fused multiply-add over `beta * p` (`va`,
+/// `vb`: alpha and beta broadcast). The AVX2 tiles' instructions per lane, so the same bits.
+///
+/// # Safety
+/// AVX-512F is present; `p` is valid for 16 floats.
+#[target_feature(enable = "avx512f")]
+#[inline]
+pub(super) unsafe fn write_back(p: *mut f32, acc: __m512, va: __m512, vb: __m512, beta: f32) {
+    let out = if beta == 0.0 {
+        _mm512_mul_ps(va, acc)
+    } else {
+        _mm512_fmadd_ps(va, acc, _mm512_mul_ps(vb, _mm512_loadu_ps(p)))
+    };
+    _mm512_storeu_ps(p, out);
+}
+
+/// [`write_back`] on the lanes of `mask` only (the others of `p` neither read nor written).
+///
+/// # Safety
+/// AVX-512F is present; `p` is valid for the lanes of `mask`.
+#[target_feature(enable = "avx512f")]
+#[inline]
+pub(super) unsafe fn write_back_masked(
+    p: *mut f32,
+    mask: __mmask16,
+    acc: __m512,
+    va: __m512,
+    vb: __m512,
+    beta: f32,
+) {
+    let out = if beta == 0.0 {
+        _mm512_mul_ps(va, acc)
+    } else {
+        _mm512_fmadd_ps(va, acc, _mm512_mul_ps(vb, _mm512_maskz_loadu_ps(mask, p)))
+    };
+    _mm512_mask_storeu_ps(p, mask, out);
 }
