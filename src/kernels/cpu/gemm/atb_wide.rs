@@ -20,7 +20,7 @@
 //! unfused, the same only for alpha = 1, so the caller takes this path only then. The
 //! column sums of B are summed row by row from zero, as packing sums them.
 
-use super::avx512::write_back_masked;
+use super::avx512::{k_steps_prefetching_c, write_back_masked};
 use super::{epilogue_region, Epilogue, SendPtr, KC};
 use rayon::prelude::*;
 use std::arch::x86_64::*;
@@ -261,16 +261,7 @@ unsafe fn kernel<const R: usize, const NV: usize, const FIRST: bool, const SUMS:
             bp = bp.add(ldb);
         };
     }
-    let ahead = kc.min(3 * R) / 3;
-    for r in 0..ahead {
-        for off in [0, 16, 31] {
-            _mm_prefetch::<_MM_HINT_T0>(next.wrapping_add(r * ldc + off) as *const i8);
-            step!();
-        }
-    }
-    for _ in 3 * ahead..kc {
-        step!();
-    }
+    k_steps_prefetching_c!(kc, R, next, ldc, step!());
     if SUMS {
         for (h, &s) in sv.iter().enumerate() {
             _mm512_mask_storeu_ps(sums.add(16 * h), mask[h], s);

@@ -3,6 +3,26 @@
 use super::{MR, NR};
 use std::arch::x86_64::*;
 
+/// Runs `$step` `$kc` times; the first 3·`$rows` runs each first prefetch one cache line of
+/// the 32-column tile of C at `$next` (`$rows` rows `$ldc` floats apart; 128 bytes a row,
+/// so at most 3 lines): the tile the caller writes next, so that its stores do not all miss
+/// at once. A prefetch never faults: `$next` may point anywhere.
+macro_rules! k_steps_prefetching_c {
+    ($kc:expr, $rows:expr, $next:expr, $ldc:expr, $step:expr) => {
+        let ahead = $kc.min(3 * $rows) / 3;
+        for r in 0..ahead {
+            for off in [0, 16, 31] {
+                _mm_prefetch::<_MM_HINT_T0>($next.wrapping_add(r * $ldc + off) as *const i8);
+                $step;
+            }
+        }
+        for _ in 3 * ahead..$kc {
+            $step;
+        }
+    };
+}
+pub(super) use k_steps_prefetching_c;
+
 /// [`kernel_to_c`] for `np` = 1 or 2 panels, with or without prefetch and copy.
 ///
 /// # Safety
@@ -100,16 +120,7 @@ pub unsafe fn tile12(
             bp = bp.add(NR);
         };
     }
-    let ahead = kc.min(3 * 2 * MR) / 3;
-    for r in 0..ahead {
-        for off in [0, NR, 2 * NR - 1] {
-            _mm_prefetch::<_MM_HINT_T0>(next.wrapping_add(r * ldc + off) as *const i8);
-            step!();
-        }
-    }
-    for _ in 3 * ahead..kc {
-        step!();
-    }
+    k_steps_prefetching_c!(kc, 2 * MR, next, ldc, step!());
     let va = _mm512_set1_ps(alpha);
     let vb = _mm512_set1_ps(beta);
     for (r, row) in acc.iter().enumerate() {
