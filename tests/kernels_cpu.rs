@@ -354,7 +354,8 @@ proptest! {
         // AVX-512: dY's rows as vectors of C's rows, X's as broadcasts, the first row tile
         // copying dY's panels for the others and summing its columns; every element must be
         // the AVX2 packed GEMM's, column sums included, whatever the thread count and
-        // however the rows split into tiles of 12, 8, 6, 4, 2 and 1
+        // however the rows split into tiles of 12, 8, 6, 4, 2 and 1, X packed (32 rows on) or
+        // read in place
         if !Isa::Avx512.is_available() {
             return Ok(()); // `avx512_availability_is_reported` says so once
         }

@@ -1,4 +1,4 @@
-//! `C = alpha * Aᵀ·B + beta * C` on AVX-512 for few rows and a wide B, A read where it lies
+//! `C = alpha * Aᵀ·B + beta * C` on AVX-512 for few rows and a wide B
 //! (A stored k x m, B stored k x n, row-major): the weight gradient `dW = Xᵀ·dY` of a
 //! layer with a narrow input (100 features in the denoisers) and a wide output (1000),
 //! whose rows do not fill the 32-row strips of [`super::atb`].
@@ -10,8 +10,11 @@
 //! block, runs each pair of B's column panels against all of A's rows: the first row tile
 //! reads the pair's rows of B in place (prefetched ahead, their stride being beyond the
 //! hardware's), copies them into a contiguous 32-float-wide buffer as it goes and sums B's
-//! columns; the later row tiles read that copy. B is not packed in a pass of its own, and A
-//! not at all.
+//! columns; the later row tiles read that copy, and three of them prefetch (to L2) the block
+//! of B that the next pair's first tile reads, a whole pair's work ahead. B is not packed
+//! in a pass of its own. A is (from 32 rows on): one parallel pass lays each row tile's
+//! strip of a K block out contiguously, so a tile's broadcasts stream through one run of
+//! lines instead of 12 of every row's m values.
 //!
 //! The sums are those of the packed GEMM, element for element: per KC block a chain of
 //! fused multiply-adds from zero in K order, then `alpha * acc` into C on the first block
@@ -27,11 +30,15 @@ use std::arch::x86_64::*;
 
 /// Columns of C per tile (two 512-bit vectors).
 const TC: usize = 32;
-/// How many K steps ahead the first row tile prefetches B's rows.
+/// How many K steps ahead the first row tile prefetches B's rows (into L1).
 const PF_B: usize = 12;
+/// Fewest rows for which A is packed (24 rows ran 10-20% slower packed, 36-48 rows 4-10%
+/// faster, 100-138 rows 10-14% with the prefetch of the next block; 2 threads).
+const PACK_MIN_M: usize = 32;
 
 thread_local! {
     static BUF: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    static APACK: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// Rows of the tile starting at row `i` of `m`: 12 where they remain, then the largest of
@@ -81,6 +88,16 @@ pub fn atb_wide(
     // about four column chunks per thread
     let per = col_tiles.div_ceil(4 * threads).max(1);
     let chunks = col_tiles.div_ceil(per);
+    // A's K blocks, each row tile's strip contiguous (see `pack_a`), shared by the tasks
+    let mut ap = APACK.with(|p| std::mem::take(&mut *p.borrow_mut()));
+    let packed = m >= PACK_MIN_M;
+    if packed {
+        ap.resize(k * m, 0.0);
+        ap.par_chunks_mut(KC * m)
+            .enumerate()
+            .for_each(|(blk, dst)| pack_a(a, m, blk * KC, dst));
+    }
+    let ap_ref = &ap;
     let cptr = SendPtr(c.as_mut_ptr());
     let sptr = b_col_sums.map(|s| SendPtr(s.as_mut_ptr()));
     (0..chunks).into_par_iter().for_each(|ch| {
@@ -95,8 +112,26 @@ pub fn atb_wide(
             for j in (c0..c1).step_by(TC) {
                 let cols = TC.min(c1 - j);
                 let mut i = 0;
+                let mut t = 0;
+                // B's block for the next pair (or the next K block's first pair)
+                let nb: Option<usize> = if j + TC < c1 {
+                    Some(pc * n + j + TC)
+                } else if pc + KC < k {
+                    Some((pc + KC) * n + c0)
+                } else {
+                    None
+                };
                 while i < m {
                     let rows = tile_rows(m, i);
+                    // row tiles 1-3 prefetch (to L2) the lines of that block that hold columns
+                    // 0, 16 and 31 of its rows
+                    let pfn = match nb {
+                        Some(o) if (1..=3).contains(&t) => {
+                            b.as_ptr().wrapping_add(o + [0, 16, 31][t - 1])
+                        }
+                        _ => std::ptr::null(),
+                    };
+                    t += 1;
                     // the row tile below, or the next panel pair's first
                     let next = if i + rows < m {
                         (i + rows) * n + j
@@ -108,22 +143,28 @@ pub fn atb_wide(
                         Some(sp) if i == 0 => sp.get().wrapping_add(j),
                         _ => std::ptr::null_mut(),
                     };
-                    // SAFETY: AVX-512F is present (asserted); A's rows pc..pc+kc hold
-                    // columns i..i+rows, B's rows pc..pc+kc columns j..j+cols, C's rows
-                    // i..i+rows columns j..j+cols (this task alone owns columns c0..c1);
-                    // prefetches past an operand's end do not fault.
+                    let (a_tile, lda) = if packed {
+                        (ap_ref[pc * m + i * kc..].as_ptr(), rows)
+                    } else {
+                        (a[pc * m + i..].as_ptr(), m)
+                    };
                     let (bsrc, ldb) = if i == 0 {
                         (b[pc * n + j..].as_ptr(), n)
                     } else {
                         (bpk.as_ptr(), TC)
                     };
+                    // SAFETY: AVX-512F is present (asserted); A's rows pc..pc+kc hold
+                    // columns i..i+rows (packed: the strip's kc·rows values), B's rows
+                    // pc..pc+kc columns j..j+cols, C's rows i..i+rows columns j..j+cols (this
+                    // task alone owns columns c0..c1); prefetches past an operand's end do
+                    // not fault.
                     unsafe {
                         tile(
                             rows,
                             cols,
                             kc,
-                            a.as_ptr().add(pc * m + i),
-                            m,
+                            a_tile,
+                            lda,
                             bsrc,
                             ldb,
                             cptr.get().add(i * n + j),
@@ -134,6 +175,8 @@ pub fn atb_wide(
                             i == 0,
                             sums,
                             bpk.as_mut_ptr(),
+                            pfn,
+                            n,
                         );
                     }
                     i += rows;
@@ -144,6 +187,26 @@ pub fn atb_wide(
         // SAFETY: this task alone owns columns c0..c1 of C.
         unsafe { epilogue_region(cptr.get(), n, 0..m, c0..c1, epi) };
     });
+    APACK.with(|p| *p.borrow_mut() = ap);
+}
+
+/// Pack the K block of A (stored k x m) that starts at row `pc` and fills `dst`
+/// (`dst.len() / m` steps): the strip of each row tile of [`tile_rows`] (rows `i..i + R`)
+/// at `i * kc`, its R values of step p at `p * R`, so a tile reads its A as one contiguous
+/// stream (in place, 12 of every row's m values, the stream crossed a line per step and left
+/// the block to L2: 12-15% slower at dW 138x1000, 2 threads).
+fn pack_a(a: &[f32], m: usize, pc: usize, dst: &mut [f32]) {
+    let kc = dst.len() / m;
+    let mut i = 0;
+    while i < m {
+        let rows = tile_rows(m, i);
+        let strip = &mut dst[i * kc..(i + rows) * kc];
+        for (p, d) in strip.chunks_exact_mut(rows).enumerate() {
+            let src = (pc + p) * m + i;
+            d.copy_from_slice(&a[src..src + rows]);
+        }
+        i += rows;
+    }
 }
 
 /// One K block of a `rows x cols` tile (`rows` one of [`tile_rows`]'s, `cols` ≤ 32);
@@ -168,17 +231,21 @@ unsafe fn tile(
     first: bool,
     sums: *mut f32,
     dst: *mut f32,
+    pfn: *const f32,
+    pfld: usize,
 ) {
     macro_rules! go {
         ($($r:literal)*) => {
-            match (rows, cols > 16, first, sums.is_null()) {
+            match (rows, cols > 16, first, sums.is_null(), pfn.is_null()) {
                 $(
-                    ($r, true, true, false) => kernel::<$r, 2, true, true>(kc, a, lda, b, ldb, cols, c, ldc, next, alpha, beta, sums, dst),
-                    ($r, true, true, true) => kernel::<$r, 2, true, false>(kc, a, lda, b, ldb, cols, c, ldc, next, alpha, beta, sums, dst),
-                    ($r, true, false, _) => kernel::<$r, 2, false, false>(kc, a, lda, b, ldb, cols, c, ldc, next, alpha, beta, sums, dst),
-                    ($r, false, true, false) => kernel::<$r, 1, true, true>(kc, a, lda, b, ldb, cols, c, ldc, next, alpha, beta, sums, dst),
-                    ($r, false, true, true) => kernel::<$r, 1, true, false>(kc, a, lda, b, ldb, cols, c, ldc, next, alpha, beta, sums, dst),
-                    ($r, false, false, _) => kernel::<$r, 1, false, false>(kc, a, lda, b, ldb, cols, c, ldc, next, alpha, beta, sums, dst),
+                    ($r, true, true, false, _) => kernel::<$r, 2, true, true, false>(kc, a, lda, b, ldb, cols, c, ldc, next, alpha, beta, sums, dst, pfn, pfld),
+                    ($r, true, true, true, _) => kernel::<$r, 2, true, false, false>(kc, a, lda, b, ldb, cols, c, ldc, next, alpha, beta, sums, dst, pfn, pfld),
+                    ($r, true, false, _, true) => kernel::<$r, 2, false, false, false>(kc, a, lda, b, ldb, cols, c, ldc, next, alpha, beta, sums, dst, pfn, pfld),
+                    ($r, true, false, _, false) => kernel::<$r, 2, false, false, true>(kc, a, lda, b, ldb, cols, c, ldc, next, alpha, beta, sums, dst, pfn, pfld),
+                    ($r, false, true, false, _) => kernel::<$r, 1, true, true, false>(kc, a, lda, b, ldb, cols, c, ldc, next, alpha, beta, sums, dst, pfn, pfld),
+                    ($r, false, true, true, _) => kernel::<$r, 1, true, false, false>(kc, a, lda, b, ldb, cols, c, ldc, next, alpha, beta, sums, dst, pfn, pfld),
+                    ($r, false, false, _, true) => kernel::<$r, 1, false, false, false>(kc, a, lda, b, ldb, cols, c, ldc, next, alpha, beta, sums, dst, pfn, pfld),
+                    ($r, false, false, _, false) => kernel::<$r, 1, false, false, true>(kc, a, lda, b, ldb, cols, c, ldc, next, alpha, beta, sums, dst, pfn, pfld),
                 )*
                 _ => unreachable!("gemm AᵀB wide: a tile of {rows} rows"),
             }
@@ -192,14 +259,20 @@ unsafe fn tile(
 /// `c`: `alpha * acc` when beta = 0, else `alpha * acc + beta * C`. `FIRST`: prefetch B's
 /// rows `PF_B` steps ahead and copy each step's `16·NV` floats (zero past `cols`) to `dst`,
 /// 32 floats apart. `SUMS`: add the block's rows of B to `sums` (cols running column sums),
-/// row by row. The first 3·R steps each prefetch a line of the tile at `next` (R rows of C,
-/// `ldc` apart).
+/// row by row. `PF`: prefetch to L2 one line a step at `pfn`, `pfld` floats apart. The
+/// first 3·R steps each prefetch a line of the tile at `next` (R rows of C, `ldc` apart).
 ///
 /// # Safety
 /// AVX-512F is present; the pointers are valid for those extents (`next` may be anything).
 #[target_feature(enable = "avx512f")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn kernel<const R: usize, const NV: usize, const FIRST: bool, const SUMS: bool>(
+unsafe fn kernel<
+    const R: usize,
+    const NV: usize,
+    const FIRST: bool,
+    const SUMS: bool,
+    const PF: bool,
+>(
     kc: usize,
     a: *const f32,
     lda: usize,
@@ -213,8 +286,11 @@ unsafe fn kernel<const R: usize, const NV: usize, const FIRST: bool, const SUMS:
     beta: f32,
     sums: *mut f32,
     dst: *mut f32,
+    pfn: *const f32,
+    pfld: usize,
 ) {
     let mut dp = dst;
+    let mut pn = pfn;
     let lanes = |h: usize| -> __mmask16 {
         let w = cols.saturating_sub(16 * h).min(16);
         ((1u32 << w) - 1) as __mmask16
@@ -235,6 +311,10 @@ unsafe fn kernel<const R: usize, const NV: usize, const FIRST: bool, const SUMS:
             if FIRST {
                 _mm_prefetch::<_MM_HINT_T0>(bp.wrapping_add(pfd) as *const i8);
                 _mm_prefetch::<_MM_HINT_T0>(bp.wrapping_add(pfd + 16 * NV - 1) as *const i8);
+            }
+            if PF {
+                _mm_prefetch::<_MM_HINT_T1>(pn as *const i8);
+                pn = pn.wrapping_add(pfld);
             }
             let mut bv = [_mm512_setzero_ps(); NV];
             for (h, v) in bv.iter_mut().enumerate() {
