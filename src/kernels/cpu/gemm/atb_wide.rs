@@ -210,7 +210,8 @@ fn pack_a(a: &[f32], m: usize, pc: usize, dst: &mut [f32]) {
 }
 
 /// One K block of a `rows x cols` tile (`rows` one of [`tile_rows`]'s, `cols` ≤ 32);
-/// `first`: the pair's first row tile (B in place, copied to `dst`, `sums` if not null).
+/// `first`: the pair's first row tile (B in place, copied to `dst`, `sums` if not null);
+/// a later tile prefetches a line a step to L2 from `pfn` (`pfld` floats apart) if not null.
 ///
 /// # Safety
 /// As [`kernel`].
