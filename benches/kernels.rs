@@ -10,6 +10,11 @@ use ddrm::kernels::cpu::topk::{fused_topk, PackedItems};
 use ddrm::kernels::cpu::{gemm, Isa};
 use ddrm::util::rng::Rng;
 
+/// The allocator of the `ddrm` binary (huge pages, cache-line alignment), so that these
+/// figures are those of the command line.
+#[global_allocator]
+static ALLOC: ddrm::util::hugepage::HugePageAlloc = ddrm::util::hugepage::HugePageAlloc;
+
 fn randn(n: usize, seed: u64) -> Vec<f32> {
     let mut v = vec![0f32; n];
     Rng::new(seed).fill_normal(&mut v, 1.0);
