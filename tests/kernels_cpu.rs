@@ -759,3 +759,33 @@ fn gemm_shape_errors_name_the_operand() {
     let msg = r.unwrap_err().downcast::<String>().unwrap();
     assert_eq!(*msg, "gemm: B has 11 elements, needs 12");
 }
+
+/// A column id past the gathered matrix is refused by every instruction set's SpMM kernel
+/// (the SIMD ones read rows unchecked once their in-loop test passes), whatever the width.
+#[test]
+fn spmm_refuses_a_column_past_x() {
+    for d in [3usize, 8, 16, 64, 80] {
+        for isa in Isa::available() {
+            // row 1 holds a valid entry, then column 5 of a 3-column matrix
+            let a = SparseMatrix {
+                n_rows: 2,
+                n_cols: 3,
+                indptr: vec![0, 1, 3],
+                indices: vec![2, 0, 5],
+                values: vec![1.0, 0.5, 0.25],
+            };
+            let x = vec![1f32; 3 * d];
+            let r = std::panic::catch_unwind(|| {
+                let mut y = vec![0f32; 2 * d];
+                spmm_with(isa, &a, &x, d, &mut y);
+            });
+            let err = r.expect_err(&format!("{} d {d}: accepted column 5", isa.name()));
+            let msg = err
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| err.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
+            assert!(msg.contains("out of range"), "{} d {d}: {msg}", isa.name());
+        }
+    }
+}
