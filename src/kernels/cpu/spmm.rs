@@ -197,18 +197,21 @@ struct SendPtr(*mut f32);
 unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
 
-/// One output row. The AVX path and the portable path perform the same operations in the same
-/// order (a product, then a sum: not fused), so their results are identical bit for bit.
+/// One output row. The AVX2, AVX-512 and portable paths perform the same operations in the
+/// same order (a product, then a sum: not fused), so their results are identical bit for bit.
 #[inline]
 #[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
 fn spmm_row(isa: Isa, cols: &[u32], vals: &[f32], x: &[f32], d: usize, orow: &mut [f32]) {
-    debug_assert_eq!(cols.len(), vals.len());
+    assert_eq!(
+        cols.len(),
+        vals.len(),
+        "spmm: column ids and values differ in length"
+    );
     #[cfg(target_arch = "x86_64")]
     if d >= 16 && isa == Isa::Avx512 {
         assert!(orow.len() >= d, "spmm: output row shorter than d");
         // SAFETY: AVX-512F is present (`Isa::Avx512` is only detected or offered when it
-        // is); `cols` and `vals` have one length (the same CSR range, or pushed in pairs);
-        // the output row lies inside `orow` (checked just above); the kernel checks every
+        // is); `cols` and `vals` have one length (checked on entry); the output row lies inside `orow` (checked just above); the kernel checks every
         // gathered row against `x`.
         let c0 = unsafe { avx512::row(cols, vals, x, d, orow) };
         portable_row_from(cols, vals, x, d, orow, c0);
@@ -218,8 +221,9 @@ fn spmm_row(isa: Isa, cols: &[u32], vals: &[f32], x: &[f32], d: usize, orow: &mu
     if d >= 8 && isa.has_avx2() {
         assert!(orow.len() >= d, "spmm: output row shorter than d");
         // SAFETY: AVX2 is present (`Isa::has_avx2` holds only for an ISA detected or offered
-        // when it is); `cols` and `vals` have one length; the output row lies inside `orow`
-        // (checked just above); the kernel checks every gathered row against `x`.
+        // when it is); `cols` and `vals` have one length (checked on entry); the output row
+        // lies inside `orow` (checked just above); the kernel checks every gathered row
+        // against `x`.
         let c0 = unsafe { avx::row(cols, vals, x, d, orow) };
         portable_row_from(cols, vals, x, d, orow, c0);
         return;
@@ -229,8 +233,8 @@ fn spmm_row(isa: Isa, cols: &[u32], vals: &[f32], x: &[f32], d: usize, orow: &mu
 
 /// Row `c` of the gathered matrix, which has `rows` rows; panics past them, with one message
 /// for every path. The SIMD kernels read rows unchecked after this test, one compare per
-/// entry inside their loop (a separate
-/// pass over each row's column ids took 20% of an SpMM over the ML-1M graph).
+/// entry inside their loop (a separate pass over each row's column ids took 20% of an SpMM
+/// over the ML-1M graph).
 #[inline(always)]
 fn gathered(c: u32, rows: usize) -> usize {
     let c = c as usize;
